@@ -1,0 +1,3 @@
+from acmeq.cli import main
+
+main()

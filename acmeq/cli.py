@@ -1,0 +1,100 @@
+"""The `acmeq` command: Typer apps per command group, joined here.
+
+``main()`` runs the app in non-standalone mode so that every error, ours or click's, ends as one
+line on stderr with a named exit code (``acmeq.constants.ExitCode``) instead of a traceback or a
+usage box.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from acmeq import __version__
+from acmeq.commands import config as config_cmd
+from acmeq.commands import db as db_cmd
+from acmeq.commands import demo as demo_cmd
+from acmeq.commands import enqueue as enqueue_cmd
+from acmeq.commands import job as job_cmd
+from acmeq.commands import queue as queue_cmd
+from acmeq.commands import redis_server as redis_cmd
+from acmeq.commands.common import err_console, state
+from acmeq.constants import ExitCode
+from acmeq.errors import AcmeqError
+
+app = typer.Typer(
+    name="acmeq",
+    help="Background jobs for the ACME donation platform: queues, workers, exports, webhooks.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(config_cmd.app, name="config")
+app.add_typer(redis_cmd.app, name="redis")
+app.add_typer(db_cmd.app, name="db")
+app.add_typer(queue_cmd.app, name="queue")
+app.add_typer(job_cmd.app, name="job")
+app.add_typer(demo_cmd.app, name="demo")
+app.command(name="enqueue", help="Enqueue a registered job on its queue.")(enqueue_cmd.enqueue)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"acmeq {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", envvar="ACMEQ_CONFIG", help="acmeq.toml to read.",
+                     show_default=False),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Options shared by every command."""
+    state.config_path = config
+    state._settings = None
+
+
+def _fail(message: str, code: int) -> None:
+    # One line per problem, prefixed so it is recognisable in cron mail and logs.
+    for line in message.splitlines() or [message]:
+        err_console.print(f"acmeq: error: {line}", markup=False, highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def _click_family(exc: BaseException) -> set[str]:
+    # Typer >= 0.29 vendors click as `typer._click`, older releases use click itself; matching
+    # the exception classes by name handles both without importing a private module.
+    return {cls.__name__ for cls in type(exc).__mro__}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    try:
+        app(args=argv, prog_name="acmeq", standalone_mode=False)
+    except AcmeqError as exc:
+        _fail(exc.message, int(exc.exit_code))
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except Exception as exc:
+        family = _click_family(exc)
+        if "NoArgsIsHelpError" in family:
+            # `acmeq` or `acmeq db` alone: show the help, as click would, and exit 2.
+            sys.stdout.write(exc.ctx.get_help() + "\n")  # type: ignore[attr-defined]
+            sys.exit(int(ExitCode.USAGE))
+        if "Exit" in family:
+            sys.exit(int(getattr(exc, "exit_code", 0)))
+        if "Abort" in family:
+            _fail("aborted", int(ExitCode.FAILED))
+        if "ClickException" in family:
+            code = int(getattr(exc, "exit_code", ExitCode.USAGE))
+            _fail(exc.format_message(), code)  # type: ignore[attr-defined]
+        raise

@@ -1,0 +1,79 @@
+"""`acmeq enqueue JOB`: put a registered job on its queue from the command line."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from acmeq.commands.common import console, emit_json, settings
+from acmeq.errors import UsageError
+from acmeq.queues import Enqueuer, JobCall
+from acmeq.redis import connect_checked
+from acmeq.timeparse import parse_duration, parse_when
+
+
+def parse_arg(text: str) -> tuple[str, Any]:
+    """`k=v`: v is read as JSON when it is a JSON literal (5, true, "x", [1]), else as text."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise UsageError(f"--arg: expected NAME=VALUE with a Python identifier, got {text!r}")
+    try:
+        return key, json.loads(raw)
+    except ValueError:
+        return key, raw
+
+
+def build_call(job: str, args: list[str], json_args: str | None, at: str | None,
+               delay: str | None, job_id: str | None) -> JobCall:
+    positional: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    if json_args is not None:
+        try:
+            parsed = json.loads(json_args)
+        except ValueError as exc:
+            raise UsageError(f"--json-args: invalid JSON ({exc}): {json_args!r}") from None
+        if isinstance(parsed, dict):
+            kwargs.update(parsed)
+        elif isinstance(parsed, list):
+            positional = parsed
+        else:
+            raise UsageError(f"--json-args: expected a JSON object or array, got {json_args!r}")
+    kwargs.update(parse_arg(a) for a in args)
+    if at and delay:
+        raise UsageError("--at and --in exclude each other")
+    return JobCall(
+        job, positional, kwargs, job_id=job_id,
+        at=parse_when(at) if at else None,
+        delay=parse_duration(delay, "--in") if delay else None,
+    )
+
+
+def enqueue(
+    job: Annotated[str, typer.Argument(help="Registered job name (see `acmeq job list`).")],
+    arg: Annotated[list[str] | None, typer.Option("--arg", "-a", help="Keyword argument NAME=VALUE "
+                                                   "(VALUE parsed as JSON when it is JSON).")] = None,
+    json_args: Annotated[str | None, typer.Option("--json-args", help="JSON object of keyword "
+                                                  "arguments, or JSON array of positional ones.")] = None,
+    at: Annotated[str | None, typer.Option("--at", help="Run at this ISO 8601 time.")] = None,
+    delay: Annotated[str | None, typer.Option("--in", help="Run after this delay (30s, 5m, 1h).")] = None,
+    job_id: Annotated[str | None, typer.Option("--job-id", help="Explicit job id.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Enqueue a registered job on its queue, with that queue's timeout, retries and TTLs."""
+    cfg = settings()
+    call = build_call(job, arg or [], json_args, at, delay, job_id)
+    enqueuer = Enqueuer(cfg, connect_checked(cfg))
+    rq_job = enqueuer.enqueue_call(call)
+    jobdef = enqueuer.registry.get(job)
+    when = call.at or (None if call.delay is None else "in " + str(call.delay))
+    data = {"id": rq_job.id, "job": jobdef.name, "queue": jobdef.queue,
+            "status": str(rq_job.get_status(refresh=False).value),
+            "scheduled_for": rq_job.meta.get("scheduled_for") if rq_job.meta else None}
+    if as_json:
+        data["scheduled_for"] = str(when) if when else None
+        emit_json(data)
+        return
+    suffix = f", scheduled {when}" if when else ""
+    console.print(f"enqueued [bold]{jobdef.name}[/] on [cyan]{jobdef.queue}[/] as {rq_job.id}{suffix}")

@@ -1,0 +1,561 @@
+"""One typed settings object: defaults < acmeq.toml < environment variables.
+
+``Settings.load()`` merges the three layers into a tree of dotted keys, remembers where every value
+came from (for ``acmeq config show``) and validates the whole tree at once, so ``acmeq config
+validate`` can print one line per problem, each naming the key, its source and the bad value::
+
+    acmeq.toml: queues.payments.timeout: must be a positive integer, got 'abc'
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from acmeq import defaults
+from acmeq.constants import CONNECT_TIMEOUT_S, DEFAULT_REDIS_DB, DEFAULT_REDIS_PORT, SOCKET_TIMEOUT_S
+from acmeq.errors import ConfigError, UnknownProfileError
+
+# Environment variables, the dotted key each one sets, and how its text is read. The seed's
+# names (REDIS_HOST ... QUEUE_ALERT_EMAIL) are kept as they are; see docs/configuration.md.
+ENV_KEYS: dict[str, str] = {
+    "REDIS_URL": "redis.url",
+    "REDIS_HOST": "redis.host",
+    "REDIS_PORT": "redis.port",
+    "REDIS_QUEUE_DB": "redis.db",
+    "REDIS_PASSWORD": "redis.password",
+    "REDIS_SENTINELS": "redis.sentinels",
+    "REDIS_SENTINEL_MASTER": "redis.sentinel_master",
+    "DATABASE_URL": "database.url",
+    "ACMEQ_STATE_DIR": "state.dir",
+    "ACMEQ_JOB_MODULES": "jobs.modules",
+    "QUEUE_MONITORING_ENABLED": "monitoring.enabled",
+    "QUEUE_ALERT_EMAIL": "monitoring.alert_email",
+    "QUEUE_HIGH_WORKERS": "workers.high",
+    "QUEUE_MEDIUM_WORKERS": "workers.medium",
+    "QUEUE_LOW_WORKERS": "workers.low",
+}
+LIST_ENV = {"REDIS_SENTINELS", "ACMEQ_JOB_MODULES"}
+SECRET_KEYS = {"redis.password"}
+TIERS = ("high", "medium", "low")
+
+
+class Balance(str, Enum):
+    AUTO = "auto"
+    SIMPLE = "simple"
+    OFF = "off"
+
+
+class Strategy(str, Enum):
+    TIME = "time"
+    SIZE = "size"
+    WAIT = "wait"
+
+
+class ExecutionMode(str, Enum):
+    FORK = "fork"
+    INLINE = "inline"
+    THREADS = "threads"
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_REDIS_PORT
+    db: int = DEFAULT_REDIS_DB
+    password: str | None = None
+    sentinels: tuple[tuple[str, int], ...] = ()
+    sentinel_master: str | None = None
+    connect_timeout: float = CONNECT_TIMEOUT_S
+    socket_timeout: float = SOCKET_TIMEOUT_S
+    # True when neither REDIS_URL, REDIS_HOST/PORT nor sentinels were configured anywhere:
+    # acmeq then runs its own embedded redis-server (DESIGN.md "Embedded defaults").
+    embedded: bool = True
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """One queue of the catalog (seed: priority, timeout, tries, memory, backoff)."""
+
+    name: str
+    priority: int
+    timeout: int
+    tries: int
+    memory_mb: int
+    backoff: tuple[int, ...]
+    result_ttl: int
+    failure_ttl: int
+    wait_threshold: int
+
+    @property
+    def retry_intervals(self) -> tuple[int, ...]:
+        """Exactly ``tries - 1`` delays: see :func:`expand_backoff`."""
+        return expand_backoff(self.backoff, self.tries)
+
+
+@dataclass(frozen=True)
+class SupervisorSpec:
+    """One supervisor of a profile: a set of queues, each served by its own pool."""
+
+    name: str
+    queues: tuple[str, ...]
+    balance: Balance
+    strategy: Strategy
+    min_processes: int  # per queue, as in Horizon
+    max_processes: int  # for the whole supervisor
+    max_shift: int
+    cooldown: float
+    memory_mb: int  # 0: each queue's own limit
+    timeout: int  # 0: each queue's own timeout
+    tries: int  # 0: each queue's own tries
+    nice: int
+    mode: ExecutionMode
+    concurrency: int
+    max_jobs: int  # 0: never recycle by count
+    max_time: int  # 0: never recycle by age (seconds)
+    tier: str
+
+
+@dataclass(frozen=True)
+class ProfileSpec:
+    name: str
+    supervisors: tuple[SupervisorSpec, ...]
+    max_processes: int  # host budget of processes; 0 = sum of the supervisors' maxima
+    memory_budget_mb: int  # host budget of memory; 0 = 80 % of RAM at start
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis: RedisSettings
+    database_url: str | None
+    state_dir: Path
+    queues: Mapping[str, QueueSpec]
+    profiles: Mapping[str, ProfileSpec]
+    job_modules: tuple[str, ...]
+    monitoring_enabled: bool
+    alert_email: str | None
+    config_path: Path | None = None
+    # dotted key -> value and where it came from ("default", a TOML path, "env NAME")
+    values: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    sources: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def load(
+        cls, config_path: str | Path | None = None, env: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Build the settings from defaults, the TOML file and the environment; validate all."""
+        return _Loader(env if env is not None else os.environ, config_path).load()
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls.load()
+
+    def profile(self, name: str) -> ProfileSpec:
+        try:
+            return self.profiles[name]
+        except KeyError:
+            raise UnknownProfileError(name, self.profiles) from None
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.state_dir / "acmeq.db"
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.sqlite_path}"
+
+
+def expand_backoff(backoff: tuple[int, ...] | list[int], tries: int) -> tuple[int, ...]:
+    """Return exactly ``tries - 1`` retry delays.
+
+    RQ's ``Retry`` reuses the *first* interval once ``max`` outruns the list, which would turn the
+    seed's exponential backoff into a flat one. So the list is cut to ``tries - 1`` delays when it is
+    longer (payments: 5 tries -> 30, 60, 120, 300) and, when shorter, continued by doubling the last
+    delay, capped at one hour (the seed calls its backoff exponential). No list means no delay.
+    """
+    retries = max(tries - 1, 0)
+    delays = list(backoff[:retries])
+    while len(delays) < retries:
+        delays.append(min(delays[-1] * 2, 3600) if delays else 0)
+    return tuple(delays)
+
+
+def default_state_dir(env: Mapping[str, str]) -> Path:
+    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "acmeq"
+
+
+def mask_url(url: str) -> str:
+    """Hide the password of a URL (``redis://:***@host:6379/7``) for messages and `config show`."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
+
+
+# --------------------------------------------------------------------------------------------
+# Loading: a flat tree of dotted keys with a source per key, then typed validation.
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _default_tree() -> dict[str, Any]:
+    return {
+        "redis": {"url": "", "host": "", "port": 0, "db": DEFAULT_REDIS_DB, "password": "",
+                  "sentinels": [], "sentinel_master": "", "cluster": False,
+                  "connect_timeout": CONNECT_TIMEOUT_S, "socket_timeout": SOCKET_TIMEOUT_S},
+        "database": {"url": ""},
+        "state": {"dir": ""},
+        "jobs": {"modules": []},
+        "monitoring": {"enabled": True, "alert_email": ""},
+        "workers": {"high": 0, "medium": 0, "low": 0},
+        "queues": copy.deepcopy(defaults.QUEUES),
+        "profiles": copy.deepcopy(defaults.PROFILES),
+    }
+
+
+class _Loader:
+    def __init__(self, env: Mapping[str, str], config_path: str | Path | None) -> None:
+        self.env = env
+        explicit = config_path or env.get("ACMEQ_CONFIG")
+        self.path: Path | None = Path(explicit) if explicit else None
+        self.explicit = bool(explicit)
+        if self.path is None and Path("acmeq.toml").is_file():
+            self.path = Path("acmeq.toml")
+        self.problems: list[str] = []
+        self.values: dict[str, Any] = {}
+        self.sources: dict[str, str] = {}
+
+    # -- layering ----------------------------------------------------------------------------
+    def load(self) -> Settings:
+        self.values = _flatten(_default_tree())
+        self.sources = dict.fromkeys(self.values, "default")
+        if self.path is not None:
+            self._merge_toml(self.path)
+        self._merge_env()
+        if self.problems:
+            raise ConfigError(self.problems)
+        settings = self._build()
+        if self.problems:
+            raise ConfigError(self.problems)
+        return settings
+
+    def _merge_toml(self, path: Path) -> None:
+        label = str(path)
+        try:
+            tree = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            self.problems.append(f"{label}: configuration file not found")
+            return
+        except (OSError, UnicodeDecodeError) as exc:
+            self.problems.append(f"{label}: cannot read: {exc}")
+            return
+        except tomllib.TOMLDecodeError as exc:
+            self.problems.append(f"{label}: invalid TOML: {exc}")
+            return
+        for key, value in _flatten(tree).items():
+            if not self._known_key(key):
+                self.problems.append(f"{label}: {key}: unknown key")
+                continue
+            self.values[key] = value
+            self.sources[key] = label
+
+    def _known_key(self, key: str) -> bool:
+        parts = key.split(".")
+        if key in self.values:
+            return True
+        if parts[0] == "queues" and len(parts) == 3:
+            return parts[2] in defaults.NEW_QUEUE
+        if parts[0] == "profiles" and len(parts) == 3:
+            return parts[2] in ("max_processes", "memory_budget")
+        if parts[0] == "profiles" and len(parts) == 5 and parts[2] == "supervisors":
+            return parts[4] in defaults.SUPERVISOR or parts[4] == "queues"
+        return False
+
+    def _merge_env(self) -> None:
+        for name, key in ENV_KEYS.items():
+            raw = self.env.get(name)
+            if raw is None or raw == "":
+                continue
+            value: Any = raw
+            if name in LIST_ENV:
+                value = [item.strip() for item in raw.split(",") if item.strip()]
+            self.values[key] = value
+            self.sources[key] = f"env {name}"
+
+    # -- typed reads that record problems -------------------------------------------------------
+    def _bad(self, key: str, message: str) -> None:
+        value = self.values.get(key)
+        self.problems.append(f"{self.sources.get(key, 'default')}: {key}: {message}, got {value!r}")
+
+    def _int(self, key: str, minimum: int = 0, maximum: int | None = None) -> int:
+        value = self.values.get(key)
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
+            maximum is not None and value > maximum
+        ):
+            what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+            if maximum is not None:
+                what = f"an integer from {minimum} to {maximum}"
+            self._bad(key, f"must be {what}")
+            return minimum
+        return value
+
+    def _float(self, key: str, minimum: float = 0.0) -> float:
+        value = self.values.get(key)
+        try:
+            number = float(value) if not isinstance(value, bool) else -1.0  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            number = -1.0
+        if number <= minimum:
+            self._bad(key, f"must be a number > {minimum:g}")
+            return minimum + 1.0
+        return number
+
+    def _bool(self, key: str) -> bool:
+        value = self.values.get(key)
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
+            return False
+        self._bad(key, "must be true or false")
+        return False
+
+    def _str(self, key: str) -> str:
+        value = self.values.get(key)
+        if not isinstance(value, str):
+            self._bad(key, "must be a string")
+            return ""
+        return value
+
+    def _list(self, key: str, item: Callable[[Any], bool], what: str) -> list[Any]:
+        value = self.values.get(key)
+        if not isinstance(value, list) or not all(item(v) for v in value):
+            self._bad(key, f"must be a list of {what}")
+            return []
+        return value
+
+    def _choice(self, key: str, enum: type[Enum]) -> Any:
+        value = self.values.get(key)
+        try:
+            return enum(value)
+        except ValueError:
+            self._bad(key, "must be one of " + ", ".join(str(m.value) for m in enum))
+            return next(iter(enum))
+
+    # -- building -------------------------------------------------------------------------------
+    def _build(self) -> Settings:
+        redis = self._build_redis()
+        database_url = self._str("database.url") or None
+        if database_url and "://" not in database_url:
+            self._bad("database.url", "must be a URL like postgresql://user@host/db")
+        state = self._str("state.dir")
+        state_dir = Path(state).expanduser() if state else default_state_dir(self.env)
+        queues = {name: self._build_queue(name) for name in self._names("queues")}
+        profiles = {name: self._build_profile(name, queues) for name in self._names("profiles")}
+        modules = self._list("jobs.modules", lambda v: isinstance(v, str) and bool(v),
+                             "module names")
+        return Settings(
+            redis=redis,
+            database_url=database_url,
+            state_dir=state_dir,
+            queues=queues,
+            profiles=profiles,
+            job_modules=tuple(modules),
+            monitoring_enabled=self._bool("monitoring.enabled"),
+            alert_email=self._str("monitoring.alert_email") or None,
+            config_path=self.path,
+            values=dict(self.values),
+            sources=dict(self.sources),
+        )
+
+    def _names(self, section: str) -> list[str]:
+        prefix = section + "."
+        return sorted({k.split(".")[1] for k in self.values if k.startswith(prefix)})
+
+    def _build_redis(self) -> RedisSettings:
+        url = self._str("redis.url") or None
+        host = self._str("redis.host")
+        port_given = self.values.get("redis.port") not in (0, None)
+        port = self._int("redis.port", 1, 65535) if port_given else DEFAULT_REDIS_PORT
+        db = self._int("redis.db", 0, 15)
+        sentinels: list[tuple[str, int]] = []
+        for entry in self._list("redis.sentinels", lambda v: isinstance(v, str), "host:port"):
+            host_part, _, port_part = entry.rpartition(":")
+            if not host_part or not port_part.isdigit():
+                self._bad("redis.sentinels", "each sentinel must be host:port")
+                break
+            sentinels.append((host_part, int(port_part)))
+        master = self._str("redis.sentinel_master") or None
+        if url:
+            self._check_redis_url(url)
+        if url and sentinels:
+            self.problems.append(
+                f"{self.sources['redis.url']} and {self.sources['redis.sentinels']}: "
+                "REDIS_URL and REDIS_SENTINELS are both set; configure one or the other"
+            )
+        if sentinels and not master:
+            self._bad("redis.sentinel_master", "is required when sentinels are configured")
+        if self._bool("redis.cluster"):
+            self._bad("redis.cluster", "Redis Cluster is not supported (RQ needs multi-key "
+                      "operations on one node); use a single primary or Sentinel")
+        return RedisSettings(
+            url=url,
+            host=host or "127.0.0.1",
+            port=port,
+            db=db,
+            password=self._str("redis.password") or None,
+            sentinels=tuple(sentinels),
+            sentinel_master=master,
+            connect_timeout=self._float("redis.connect_timeout"),
+            socket_timeout=self._float("redis.socket_timeout"),
+            embedded=not (url or host or port_given or sentinels),
+        )
+
+    def _check_redis_url(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            self._bad("redis.url", "must start with redis://, rediss:// or unix://")
+            return
+        if "," in parts.netloc:
+            self._bad("redis.url", "several hosts look like a Redis Cluster, which is not "
+                      "supported; use a single primary or Sentinel")
+            return
+        try:
+            parts.port  # noqa: B018 - raises ValueError on a non-numeric port
+        except ValueError:
+            self._bad("redis.url", "has an invalid port")
+            return
+        if parts.scheme != "unix" and not parts.hostname:
+            self._bad("redis.url", "has no host")
+
+    def _build_queue(self, name: str) -> QueueSpec:
+        for key, value in defaults.NEW_QUEUE.items():
+            self.values.setdefault(f"queues.{name}.{key}", value)
+        k = f"queues.{name}."
+        backoff = self._list(k + "backoff", lambda v: isinstance(v, int) and not
+                             isinstance(v, bool) and v >= 0, "non-negative integers (seconds)")
+        return QueueSpec(
+            name=name,
+            priority=self._int(k + "priority", 1, 10),
+            timeout=self._int(k + "timeout", 1),
+            tries=self._int(k + "tries", 1),
+            memory_mb=self._int(k + "memory", 1),
+            backoff=tuple(backoff),
+            result_ttl=self._int(k + "result_ttl", 1),
+            failure_ttl=self._int(k + "failure_ttl", 1),
+            wait_threshold=self._int(k + "wait_threshold", 1),
+        )
+
+    def _build_profile(self, name: str, queues: Mapping[str, QueueSpec]) -> ProfileSpec:
+        k = f"profiles.{name}."
+        self.values.setdefault(k + "max_processes", 0)
+        self.values.setdefault(k + "memory_budget", 0)
+        sup_names = sorted({key.split(".")[3] for key in self.values
+                            if key.startswith(k + "supervisors.")})
+        # Keep the defined order of the built-in supervisors (it is the display order).
+        builtin = list(defaults.PROFILES.get(name, {}).get("supervisors", {}))
+        sup_names.sort(key=lambda s: (builtin.index(s) if s in builtin else len(builtin), s))
+        supervisors = tuple(self._build_supervisor(name, s, queues) for s in sup_names)
+        if not supervisors:
+            self.problems.append(f"{self.sources.get(k + 'max_processes', 'default')}: "
+                                 f"profiles.{name}: defines no supervisors")
+        return ProfileSpec(
+            name=name,
+            supervisors=supervisors,
+            max_processes=self._int(k + "max_processes", 0),
+            memory_budget_mb=self._int(k + "memory_budget", 0),
+        )
+
+    def _build_supervisor(
+        self, profile: str, name: str, queues: Mapping[str, QueueSpec]
+    ) -> SupervisorSpec:
+        k = f"profiles.{profile}.supervisors.{name}."
+        for key, value in defaults.SUPERVISOR.items():
+            self.values.setdefault(k + key, value)
+        self.values.setdefault(k + "queues", [])
+        names = self._list(k + "queues", lambda v: isinstance(v, str), "queue names")
+        for queue in names:
+            if queue not in queues:
+                self._bad(k + "queues", f"names unknown queue {queue!r} (known: "
+                          f"{', '.join(queues)})")
+        if not names:
+            self._bad(k + "queues", "must name at least one queue")
+        tier = self._str(k + "tier")
+        if tier and tier not in TIERS:
+            self._bad(k + "tier", "must be one of high, medium, low")
+        min_p = self._int(k + "min_processes", 0)
+        max_p = self._int(k + "max_processes", 1)
+        balance = self._choice(k + "balance", Balance)
+        workers = self._tier_workers(tier)
+        if workers:
+            # QUEUE_<TIER>_WORKERS sets the supervisor's process count: the maximum of an
+            # autoscaled pool, the fixed size of any other (docs/configuration.md).
+            max_p = workers
+            min_p = min(min_p, workers // max(len(names), 1))
+            if balance is not Balance.AUTO:
+                min_p = max(workers // max(len(names), 1), 1)
+        if names and min_p * len(names) > max_p:
+            self._bad(k + "max_processes", f"must be at least min_processes x queues = "
+                      f"{min_p * len(names)}")
+        mode = self._choice(k + "mode", ExecutionMode)
+        concurrency = self._int(k + "concurrency", 1)
+        if concurrency > 1 and mode is not ExecutionMode.THREADS:
+            self._bad(k + "concurrency", "above 1 needs mode = \"threads\"")
+        return SupervisorSpec(
+            name=name,
+            queues=tuple(names),
+            balance=balance,
+            strategy=self._choice(k + "strategy", Strategy),
+            min_processes=min_p,
+            max_processes=max_p,
+            max_shift=self._int(k + "max_shift", 1),
+            cooldown=self._float(k + "cooldown"),
+            memory_mb=self._int(k + "memory", 0),
+            timeout=self._int(k + "timeout", 0),
+            tries=self._int(k + "tries", 0),
+            nice=self._int(k + "nice", -20, 19),
+            mode=mode,
+            concurrency=concurrency,
+            max_jobs=self._int(k + "max_jobs", 0),
+            max_time=self._int(k + "max_time", 0),
+            tier=tier,
+        )
+
+    def _tier_workers(self, tier: str) -> int:
+        if not tier:
+            return 0
+        return self._int(f"workers.{tier}", 0)
+
+
+_process_settings: Settings | None = None
+
+
+def process_settings() -> Settings:
+    """The settings of this process, read once from the environment (jobs and workers use it)."""
+    global _process_settings
+    if _process_settings is None:
+        _process_settings = Settings.from_env()
+    return _process_settings

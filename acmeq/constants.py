@@ -1,0 +1,35 @@
+"""Names shared by every layer: exit codes, Redis key prefixes, defaults.
+
+Exit codes are named like dramatiq's ``RET_*`` so the CLI, scripts and docs agree on them.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Process exit codes of every ``acmeq`` command (documented in docs/cli.md)."""
+
+    OK = 0
+    FAILED = 1  # the operation ran and did not succeed (a job failed, an alert is active ...)
+    USAGE = 2  # bad arguments, bad configuration, unknown queue/job/profile
+    UNREACHABLE = 3  # Redis or the database cannot be reached
+
+
+# Every key acmeq itself writes starts with this prefix; RQ's own keys keep ``rq:`` so that
+# `rq info` and rq-dashboard read acmeq's queues unchanged.
+KEY_PREFIX = "acmeq:"
+
+DEFAULT_REDIS_DB = 7  # the seed's REDIS_QUEUE_DB
+DEFAULT_REDIS_PORT = 6379
+
+# Client timeouts: a dead Redis must be reported within ~3 s (issue #2), so connecting is
+# bounded tightly; reads get more room because BLMOVE-style blocking calls pass their own.
+CONNECT_TIMEOUT_S = 1.0
+SOCKET_TIMEOUT_S = 5.0
+HEALTH_CHECK_INTERVAL_S = 30
+
+# Horizon keeps completed jobs for an hour and failed jobs for a week (its `trim` defaults).
+DEFAULT_RESULT_TTL_S = 3600
+DEFAULT_FAILURE_TTL_S = 7 * 24 * 3600

@@ -1,0 +1,123 @@
+"""The job allowlist: only functions declared with :func:`job` can be enqueued or executed.
+
+RQ would import and call any ``module.function`` path it finds in a job hash; with Redis
+reachable by several services that is remote code execution. acmeq keeps a registry of declared
+jobs (its own in ``acmeq/jobs/`` plus the modules named in ``[jobs] modules`` /
+``ACMEQ_JOB_MODULES``) and :class:`acmeq.queues.AcmeqJob` refuses every other path at execution.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+from acmeq.errors import AcmeqError, ConfigError, UnknownJobError, UsageError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# Filled by the decorator as modules are imported; a plain dict because declaration happens at
+# import time, before any Settings exist.
+_DECLARED: dict[str, JobDef] = {}
+
+
+@dataclass(frozen=True)
+class JobDef:
+    """A declared job: its public name, its queue and the import path RQ stores."""
+
+    name: str
+    queue: str
+    func: Callable[..., Any]
+    path: str
+    description: str
+
+
+class UnregisteredJobError(AcmeqError):
+    """A job hash names a function that is not declared: it is never imported or run."""
+
+
+def job(queue: str, name: str | None = None) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Declare a function as an acmeq job on ``queue``.
+
+    ``name`` defaults to the function's name; it is what ``acmeq enqueue NAME`` takes. The
+    function must take JSON-safe arguments (amounts as strings or integer cents, times as ISO
+    strings) because jobs travel through RQ's JSON serializer.
+    """
+
+    def declare(func: Callable[P, R]) -> Callable[P, R]:
+        job_name = name or func.__name__
+        path = f"{func.__module__}.{func.__qualname__}"
+        existing = _DECLARED.get(job_name)
+        if existing is not None and existing.path != path:
+            raise UsageError(f"job name {job_name!r} is declared twice: {existing.path} and {path}")
+        doc = (func.__doc__ or "").strip().splitlines()
+        _DECLARED[job_name] = JobDef(job_name, queue, func, path, doc[0] if doc else "")
+        return func
+
+    return declare
+
+
+class JobRegistry:
+    """The declared jobs of acmeq and of the configured modules, checked against the catalog."""
+
+    def __init__(self, jobs: Mapping[str, JobDef]) -> None:
+        self._by_name = dict(jobs)
+        self._by_path = {j.path: j for j in jobs.values()}
+
+    def __iter__(self) -> Iterator[JobDef]:
+        return iter(sorted(self._by_name.values(), key=lambda j: (j.queue, j.name)))
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def get(self, name: str) -> JobDef:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            # Accept the full import path too: it is what `rq info` and tracebacks show.
+            if name in self._by_path:
+                return self._by_path[name]
+            raise UnknownJobError(name, self._by_name) from None
+
+    def by_path(self, path: str | None) -> JobDef:
+        try:
+            return self._by_path[path or ""]
+        except KeyError:
+            raise UnregisteredJobError(
+                f"job function {path!r} is not a registered acmeq job; refusing to execute it"
+            ) from None
+
+
+def import_job_modules(modules: tuple[str, ...]) -> None:
+    """Import acmeq's own job modules and the configured ones (declaring their jobs)."""
+    import acmeq.jobs
+
+    for info in pkgutil.iter_modules(acmeq.jobs.__path__, "acmeq.jobs."):
+        importlib.import_module(info.name)
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # any import-time failure is a configuration problem
+            raise ConfigError(
+                [f"jobs.modules: cannot import job module {module!r}: "
+                 f"{type(exc).__name__}: {exc}"]
+            ) from None
+
+
+def load_registry(modules: tuple[str, ...], queues: Mapping[str, object]) -> JobRegistry:
+    """Import the job modules and return the registry; every job's queue must exist."""
+    import_job_modules(modules)
+    problems = [
+        f"job {j.name!r} ({j.path}) is declared on unknown queue {j.queue!r}"
+        for j in _DECLARED.values()
+        if j.queue not in queues
+    ]
+    if problems:
+        raise ConfigError(problems)
+    return JobRegistry(_DECLARED)

@@ -1,0 +1,32 @@
+"""Parsing of the durations and instants that commands take (`--in 5m`, `--at 2026-12-01T09:00`)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+from acmeq.errors import UsageError
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+
+
+def parse_duration(text: str, option: str = "duration") -> timedelta:
+    """'90' (seconds), '30s', '5m', '1h30m', '2d' -> timedelta; anything else is a UsageError."""
+    raw = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", raw):
+        return timedelta(seconds=float(raw))
+    parts = _PART.findall(raw)
+    if not raw or not parts or "".join(n + u for n, u in parts) != raw:
+        raise UsageError(f"{option}: invalid duration {text!r}; use e.g. 90, 30s, 5m, 1h30m, 2d")
+    return timedelta(seconds=sum(float(n) * _UNITS[u] for n, u in parts))
+
+
+def parse_when(text: str, option: str = "--at") -> datetime:
+    """An ISO 8601 instant; a naive one is taken as UTC."""
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise UsageError(f"{option}: invalid time {text!r}; use ISO 8601, e.g. "
+                         "2026-12-01T09:00:00+01:00") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
