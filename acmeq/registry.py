@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
-from acmeq.errors import AcmeqError, ConfigError, UnknownJobError, UsageError
+from acmeq.errors import ConfigError, UnknownJobError, UnregisteredJobError, UsageError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -33,10 +33,6 @@ class JobDef:
     func: Callable[..., Any]
     path: str
     description: str
-
-
-class UnregisteredJobError(AcmeqError):
-    """A job hash names a function that is not declared: it is never imported or run."""
 
 
 def job(queue: str, name: str | None = None) -> Callable[[Callable[P, R]], Callable[P, R]]:
@@ -105,8 +101,7 @@ def import_job_modules(modules: tuple[str, ...]) -> None:
             importlib.import_module(module)
         except Exception as exc:  # any import-time failure is a configuration problem
             raise ConfigError(
-                [f"jobs.modules: cannot import job module {module!r}: "
-                 f"{type(exc).__name__}: {exc}"]
+                [f"jobs.modules: cannot import job module {module!r}: {type(exc).__name__}: {exc}"]
             ) from None
 
 

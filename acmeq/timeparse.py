@@ -27,6 +27,7 @@ def parse_when(text: str, option: str = "--at") -> datetime:
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise UsageError(f"{option}: invalid time {text!r}; use ISO 8601, e.g. "
-                         "2026-12-01T09:00:00+01:00") from None
+        raise UsageError(
+            f"{option}: invalid time {text!r}; use ISO 8601, e.g. 2026-12-01T09:00:00+01:00"
+        ) from None
     return when if when.tzinfo else when.replace(tzinfo=UTC)

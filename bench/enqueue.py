@@ -21,7 +21,7 @@ import redis
 from rq import Queue
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _redis import private_redis  # noqa: E402
+from _redis import private_redis
 
 
 def best_rate(jobs: int, rounds: int, client: redis.Redis, run: Callable[[], None]) -> float:
@@ -77,8 +77,10 @@ def main() -> None:
         print(f"{name:<24} {rate:>10,.0f} {rate / base:>10.2f}x")
     ok_single = rates["acmeq enqueue"] / base >= 0.9
     ok_many = rates["acmeq enqueue_many"] / base >= 5.0
-    print(f"targets: enqueue >= 0.9x {'met' if ok_single else 'MISSED'}; "
-          f"enqueue_many >= 5x {'met' if ok_many else 'MISSED'}")
+    print(
+        f"targets: enqueue >= 0.9x {'met' if ok_single else 'MISSED'}; "
+        f"enqueue_many >= 5x {'met' if ok_many else 'MISSED'}"
+    )
 
 
 if __name__ == "__main__":

@@ -21,16 +21,28 @@ import redis
 
 from acmeq.redis import find_redis_server
 
-pytest_plugins = ["db_support"] if (Path(__file__).parent / "db_support.py").exists() else []  # TEMP
+pytest_plugins = ["db_support"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
 # Variables that would point acmeq at a user's services; every test starts without them.
 _FOREIGN_ENV = [
-    "REDIS_URL", "REDIS_HOST", "REDIS_PORT", "REDIS_QUEUE_DB", "REDIS_PASSWORD",
-    "REDIS_SENTINELS", "REDIS_SENTINEL_MASTER", "DATABASE_URL", "ACMEQ_STATE_DIR",
-    "ACMEQ_CONFIG", "ACMEQ_JOB_MODULES", "QUEUE_HIGH_WORKERS", "QUEUE_MEDIUM_WORKERS",
-    "QUEUE_LOW_WORKERS", "QUEUE_MONITORING_ENABLED", "QUEUE_ALERT_EMAIL",
+    "REDIS_URL",
+    "REDIS_HOST",
+    "REDIS_PORT",
+    "REDIS_QUEUE_DB",
+    "REDIS_PASSWORD",
+    "REDIS_SENTINELS",
+    "REDIS_SENTINEL_MASTER",
+    "DATABASE_URL",
+    "ACMEQ_STATE_DIR",
+    "ACMEQ_CONFIG",
+    "ACMEQ_JOB_MODULES",
+    "QUEUE_HIGH_WORKERS",
+    "QUEUE_MEDIUM_WORKERS",
+    "QUEUE_LOW_WORKERS",
+    "QUEUE_MONITORING_ENABLED",
+    "QUEUE_ALERT_EMAIL",
 ]
 
 
@@ -50,9 +62,23 @@ class RedisServer:
         self.port = free_port()
         self.workdir = workdir
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(workdir), "--databases", "16"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(workdir),
+                "--databases",
+                "16",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         client = redis.Redis(port=self.port)
         deadline = time.monotonic() + 10
@@ -112,8 +138,9 @@ def job_modules(monkeypatch: pytest.MonkeyPatch) -> str:
     return "sample_jobs"
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60,
-            input: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run `python -m acmeq ARGS` as a real subprocess with the test's environment."""
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), full_env.get("PYTHONPATH", "")])
@@ -121,8 +148,15 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60,
     full_env["NO_COLOR"] = "1"
     if env:
         full_env.update(env)
-    return subprocess.run([sys.executable, "-m", "acmeq", *args], capture_output=True, text=True,
-                          env=full_env, timeout=timeout, input=input, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "acmeq", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        input=input,
+        check=False,
+    )
 
 
 @pytest.fixture

@@ -19,9 +19,12 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_defaults_reproduce_the_seed_queues() -> None:
     s = Settings.load(env={})
     expected = {  # name: priority, timeout, tries, memory
-        "payments": (10, 180, 5, 256), "notifications": (8, 120, 3, 128),
-        "exports": (6, 900, 2, 1024), "reports": (6, 600, 3, 512),
-        "maintenance": (1, 1800, 1, 256), "bulk": (2, 3600, 1, 1024),
+        "payments": (10, 180, 5, 256),
+        "notifications": (8, 120, 3, 128),
+        "exports": (6, 900, 2, 1024),
+        "reports": (6, 600, 3, 512),
+        "maintenance": (1, 1800, 1, 256),
+        "bulk": (2, 3600, 1, 1024),
     }
     for name, (priority, timeout, tries, memory) in expected.items():
         q = s.queues[name]
@@ -66,7 +69,9 @@ def test_production_and_development_profiles_match_the_seed() -> None:
 
 
 def test_toml_overrides_defaults_and_env_overrides_toml(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 [redis]
 host = "redis.internal"
 port = 6380
@@ -85,7 +90,8 @@ balance = "simple"
 max_processes = 4
 mode = "threads"
 concurrency = 8
-""")
+""",
+    )
     s = Settings.load(path, env={"REDIS_PORT": "6390"})
     assert s.redis.host == "redis.internal"
     assert s.redis.port == 6390
@@ -109,7 +115,9 @@ def test_acmeq_config_env_names_the_file(tmp_path: Path) -> None:
 
 
 def test_every_problem_is_one_line_naming_source_key_and_value(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 [queues.payments]
 timeout = "abc"
 tries = 0
@@ -117,7 +125,8 @@ tries = 0
 [profiles.x.supervisors.y]
 queues = ["nope"]
 mode = "forked"
-""")
+""",
+    )
     with pytest.raises(ConfigError) as err:
         Settings.load(path, env={"REDIS_PORT": "http", "QUEUE_MONITORING_ENABLED": "maybe"})
     problems = err.value.problems
@@ -133,15 +142,18 @@ mode = "forked"
 def test_invalid_toml_and_unknown_keys_are_reported(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="invalid TOML"):
         Settings.load(write(tmp_path, "[redis\nurl = 1"), env={})
-    with pytest.raises(ConfigError, match="redis.hots: unknown key"):
+    with pytest.raises(ConfigError, match=r"redis\.hots: unknown key"):
         Settings.load(write(tmp_path, "[redis]\nhots = 'x'\n"), env={})
     with pytest.raises(ConfigError, match="configuration file not found"):
         Settings.load(tmp_path / "missing.toml", env={})
 
 
 def test_url_and_sentinels_together_are_refused() -> None:
-    env = {"REDIS_URL": "redis://a:6379/0", "REDIS_SENTINELS": "s1:26379,s2:26379",
-           "REDIS_SENTINEL_MASTER": "mymaster"}
+    env = {
+        "REDIS_URL": "redis://a:6379/0",
+        "REDIS_SENTINELS": "s1:26379,s2:26379",
+        "REDIS_SENTINEL_MASTER": "mymaster",
+    }
     with pytest.raises(ConfigError, match="REDIS_URL and REDIS_SENTINELS are both set"):
         Settings.load(env=env)
 
@@ -158,8 +170,9 @@ def test_cluster_and_malformed_urls_are_refused(tmp_path: Path) -> None:
 
 
 def test_sentinels_are_parsed() -> None:
-    s = Settings.load(env={"REDIS_SENTINELS": "s1:26379, s2:26380",
-                           "REDIS_SENTINEL_MASTER": "queue"})
+    s = Settings.load(
+        env={"REDIS_SENTINELS": "s1:26379, s2:26380", "REDIS_SENTINEL_MASTER": "queue"}
+    )
     assert s.redis.sentinels == (("s1", 26379), ("s2", 26380))
     assert s.redis.sentinel_master == "queue"
     with pytest.raises(ConfigError, match="sentinel_master: is required"):
@@ -167,8 +180,9 @@ def test_sentinels_are_parsed() -> None:
 
 
 def test_seed_worker_variables_map_onto_profile_tiers() -> None:
-    s = Settings.load(env={"QUEUE_HIGH_WORKERS": "3", "QUEUE_MEDIUM_WORKERS": "4",
-                           "QUEUE_LOW_WORKERS": "2"})
+    s = Settings.load(
+        env={"QUEUE_HIGH_WORKERS": "3", "QUEUE_MEDIUM_WORKERS": "4", "QUEUE_LOW_WORKERS": "2"}
+    )
     prod = {sup.name: sup for sup in s.profile("production").supervisors}
     assert prod["high-priority"].max_processes == 3
     assert prod["high-priority"].min_processes == 1
@@ -187,3 +201,40 @@ def test_mask_url_hides_passwords() -> None:
     assert mask_url("redis://:s3cret@host:6379/7") == "redis://:***@host:6379/7"
     assert mask_url("postgresql://app:pw@db/x") == "postgresql://app:***@db/x"
     assert mask_url("redis://host:6379/7") == "redis://host:6379/7"
+
+
+def test_problems_never_echo_secrets() -> None:
+    with pytest.raises(ConfigError) as err:
+        Settings.load(env={"REDIS_URL": "redis://:s3cret@host:abc/0"})
+    assert "s3cret" not in str(err.value)
+    assert "redis://:***@host:abc/0" in str(err.value)
+
+
+def test_a_tier_variable_below_the_queue_count_is_refused_once() -> None:
+    with pytest.raises(ConfigError) as err:
+        Settings.load(env={"QUEUE_HIGH_WORKERS": "1"})
+    assert err.value.problems == [
+        "env QUEUE_HIGH_WORKERS: workers.high: must be at least 2 (one process per queue of "
+        "supervisor 'high-priority'), got '1'"
+    ]
+    with pytest.raises(ConfigError) as err:
+        Settings.load(env={"QUEUE_LOW_WORKERS": "x"})
+    assert len(err.value.problems) == 1  # bulk and maintenance share the tier
+
+
+def test_config_show_reports_values_in_force() -> None:
+    s = Settings.load(env={"QUEUE_HIGH_WORKERS": "4"})
+    key = "profiles.production.supervisors.high-priority.max_processes"
+    assert (s.values[key], s.sources[key]) == (4, "env QUEUE_HIGH_WORKERS")
+    assert (s.values["redis.port"], s.sources["redis.port"]) == (6379, "default")
+    assert all(s.sources.get(k) for k in s.values)
+
+
+def test_supervisor_memory_caps_and_overrides() -> None:
+    s = Settings.load(env={})
+    dev = s.profile("development").supervisors[0]
+    assert dev.memory_for(s.queues["notifications"]) == 128  # its own, below the cap
+    assert dev.memory_for(s.queues["exports"]) == 256  # capped (development: reduced)
+    high = s.profile("production").supervisors[0]
+    assert high.memory_for(s.queues["payments"]) == 256
+    assert high.timeout_for(s.queues["payments"]) == 180

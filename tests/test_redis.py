@@ -13,14 +13,28 @@ import redis
 from acmeq.config import Settings
 from acmeq.errors import RedisUnreachableError, UsageError
 from acmeq.redis import EmbeddedRedis, connect, connect_checked, describe, find_redis_server
+
 from conftest import RedisServer, free_port, run_cli
 
 
 def start_server(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    proc = subprocess.Popen([str(find_redis_server()), "--port", str(port), "--bind", "127.0.0.1",
-                             "--save", "", "--dir", str(tmp_path), *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            str(find_redis_server()),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            str(tmp_path),
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     client = redis.Redis(port=port)
     for _ in range(200):
         try:
@@ -31,8 +45,9 @@ def start_server(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], 
     raise RuntimeError("redis-server did not start")
 
 
-def test_url_without_a_database_uses_redis_queue_db(redis_server: RedisServer,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_url_without_a_database_uses_redis_queue_db(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{redis_server.port}")
     monkeypatch.setenv("REDIS_QUEUE_DB", "3")
     client = connect_checked(Settings.load())
@@ -41,8 +56,9 @@ def test_url_without_a_database_uses_redis_queue_db(redis_server: RedisServer,
     assert connect(Settings.load()).connection_pool.connection_kwargs["db"] == 5
 
 
-def test_host_and_port_variables_reach_the_server(redis_server: RedisServer,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_host_and_port_variables_reach_the_server(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("REDIS_HOST", "127.0.0.1")
     monkeypatch.setenv("REDIS_PORT", str(redis_server.port))
     settings = Settings.load()
@@ -52,15 +68,17 @@ def test_host_and_port_variables_reach_the_server(redis_server: RedisServer,
 
 
 def test_unreachable_redis_fails_fast_with_a_masked_one_line_error(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     port = free_port()
     monkeypatch.setenv("REDIS_URL", f"redis://:hunter2@127.0.0.1:{port}/7")
     started = time.monotonic()
     with pytest.raises(RedisUnreachableError) as err:
         connect_checked(Settings.load())
     assert time.monotonic() - started < 3
-    assert str(err.value) == (f"cannot reach Redis at redis://:***@127.0.0.1:{port}/7: "
-                              "Connection refused")
+    assert str(err.value) == (
+        f"cannot reach Redis at redis://:***@127.0.0.1:{port}/7: Connection refused"
+    )
 
     for args in (["redis", "status"], ["enqueue", "ping"], ["queue", "list"]):
         started = time.monotonic()
@@ -69,13 +87,15 @@ def test_unreachable_redis_fails_fast_with_a_masked_one_line_error(
         assert time.monotonic() - started < 6  # interpreter start + ~1 s of retries
         assert result.stderr.strip() == (
             f"acmeq: error: cannot reach Redis at redis://:***@127.0.0.1:{port}/7: "
-            "Connection refused")
+            "Connection refused"
+        )
         assert "hunter2" not in result.stderr + result.stdout
 
 
 def test_a_cluster_node_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    proc, port = start_server(tmp_path, "--cluster-enabled", "yes", "--cluster-config-file",
-                              str(tmp_path / "nodes.conf"))
+    proc, port = start_server(
+        tmp_path, "--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "nodes.conf")
+    )
     try:
         monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{port}/0")
         with pytest.raises(UsageError, match="is a Redis Cluster node"):
@@ -85,14 +105,20 @@ def test_a_cluster_node_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         proc.wait(10)
 
 
-def test_sentinel_discovers_the_master(tmp_path: Path, redis_server: RedisServer,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sentinel_discovers_the_master(
+    tmp_path: Path, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sentinel_port = free_port()
     conf = tmp_path / "sentinel.conf"
-    conf.write_text(f"port {sentinel_port}\nbind 127.0.0.1\n"
-                    f"sentinel monitor queue 127.0.0.1 {redis_server.port} 1\n")
-    proc = subprocess.Popen([str(find_redis_server()), str(conf), "--sentinel"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    conf.write_text(
+        f"port {sentinel_port}\nbind 127.0.0.1\n"
+        f"sentinel monitor queue 127.0.0.1 {redis_server.port} 1\n"
+    )
+    proc = subprocess.Popen(
+        [str(find_redis_server()), str(conf), "--sentinel"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         monkeypatch.setenv("REDIS_SENTINELS", f"127.0.0.1:{sentinel_port}")
         monkeypatch.setenv("REDIS_SENTINEL_MASTER", "queue")

@@ -9,7 +9,6 @@ from rich.table import Table
 
 from acmeq.commands.common import console, emit_json, settings
 from acmeq.config import SECRET_KEYS, Settings, mask_url
-from acmeq.queues import catalog
 
 app = typer.Typer(help="Show or validate the effective configuration.", no_args_is_help=True)
 
@@ -43,11 +42,17 @@ def show(
     cfg = settings()
     rows = effective(cfg, profile)
     if as_json:
-        emit_json({
-            "config_file": str(cfg.config_path) if cfg.config_path else None,
-            "values": rows,
-            "queues": {q.name: {"retry_intervals": list(q.retry_intervals)} for q in catalog(cfg)},
-        })
+        from acmeq.queues import catalog
+
+        emit_json(
+            {
+                "config_file": str(cfg.config_path) if cfg.config_path else None,
+                "values": rows,
+                "queues": {
+                    q.name: {"retry_intervals": list(q.retry_intervals)} for q in catalog(cfg)
+                },
+            }
+        )
         return
     console.print(f"config file: {cfg.config_path or '(none)'}")
     table = Table("key", "value", "source", box=None, pad_edge=False)
@@ -65,5 +70,7 @@ def validate() -> None:
     from acmeq.queues import registry_for
 
     jobs = registry_for(cfg)
-    console.print(f"configuration OK: {len(cfg.queues)} queues, {len(cfg.profiles)} profiles, "
-                  f"{len(jobs)} registered jobs")
+    console.print(
+        f"configuration OK: {len(cfg.queues)} queues, {len(cfg.profiles)} profiles, "
+        f"{len(jobs)} registered jobs"
+    )

@@ -12,8 +12,7 @@ from rich.table import Table
 from acmeq.commands.common import console, emit_json, settings
 from acmeq.constants import ExitCode
 
-app = typer.Typer(help="Run the demo, or seed realistic demo data.",
-                  invoke_without_command=True)
+app = typer.Typer(help="Run the demo, or seed realistic demo data.", invoke_without_command=True)
 
 
 class RichDemoOutput:
@@ -42,8 +41,13 @@ def demo(
         return
     from acmeq.demo import run_demo
 
-    unfinished = run_demo(settings(), RichDemoOutput(), campaigns=campaigns,
-                          donations=donations, keep_redis=keep_redis)
+    unfinished = run_demo(
+        settings(),
+        RichDemoOutput(),
+        campaigns=campaigns,
+        donations=donations,
+        keep_redis=keep_redis,
+    )
     if unfinished:
         console.print(f"[red]{unfinished} demo jobs did not finish[/]")
         raise typer.Exit(int(ExitCode.FAILED))
@@ -66,10 +70,18 @@ def seed(
     db.require_schema(engine)
     result = seed_demo(engine, campaigns=campaigns, donations=donations, seed=random_seed)
     if as_json:
-        emit_json({"companies": result.companies, "users": result.users,
-                   "campaigns": result.campaigns, "donations": result.donations,
-                   "seconds": round(result.seconds, 3)})
+        emit_json(
+            {
+                "companies": result.companies,
+                "users": result.users,
+                "campaigns": result.campaigns,
+                "donations": result.donations,
+                "seconds": round(result.seconds, 3),
+            }
+        )
         return
-    console.print(f"seeded {result.companies} companies, {result.users} users, "
-                  f"{result.campaigns} campaigns and {result.donations:,} donations "
-                  f"in {result.seconds:.1f} s")
+    console.print(
+        f"seeded {result.companies} companies, {result.users} users, "
+        f"{result.campaigns} campaigns and {result.donations:,} donations "
+        f"in {result.seconds:.1f} s"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
@@ -25,8 +26,14 @@ def parse_arg(text: str) -> tuple[str, Any]:
         return key, raw
 
 
-def build_call(job: str, args: list[str], json_args: str | None, at: str | None,
-               delay: str | None, job_id: str | None) -> JobCall:
+def build_call(
+    job: str,
+    args: list[str],
+    json_args: str | None,
+    at: str | None,
+    delay: str | None,
+    job_id: str | None,
+) -> JobCall:
     positional: list[Any] = []
     kwargs: dict[str, Any] = {}
     if json_args is not None:
@@ -43,21 +50,34 @@ def build_call(job: str, args: list[str], json_args: str | None, at: str | None,
     kwargs.update(parse_arg(a) for a in args)
     if at and delay:
         raise UsageError("--at and --in exclude each other")
-    return JobCall(
-        job, positional, kwargs, job_id=job_id,
-        at=parse_when(at) if at else None,
-        delay=parse_duration(delay, "--in") if delay else None,
-    )
+    # A delay becomes an absolute time here so that what is printed is what was scheduled.
+    when = parse_when(at) if at else None
+    if delay:
+        when = datetime.now(UTC) + parse_duration(delay, "--in")
+    return JobCall(job, positional, kwargs, job_id=job_id, at=when)
 
 
 def enqueue(
     job: Annotated[str, typer.Argument(help="Registered job name (see `acmeq job list`).")],
-    arg: Annotated[list[str] | None, typer.Option("--arg", "-a", help="Keyword argument NAME=VALUE "
-                                                   "(VALUE parsed as JSON when it is JSON).")] = None,
-    json_args: Annotated[str | None, typer.Option("--json-args", help="JSON object of keyword "
-                                                  "arguments, or JSON array of positional ones.")] = None,
+    arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--arg",
+            "-a",
+            help="Keyword argument NAME=VALUE (VALUE parsed as JSON when it is JSON).",
+        ),
+    ] = None,
+    json_args: Annotated[
+        str | None,
+        typer.Option(
+            "--json-args",
+            help="JSON object of keyword arguments, or JSON array of positional ones.",
+        ),
+    ] = None,
     at: Annotated[str | None, typer.Option("--at", help="Run at this ISO 8601 time.")] = None,
-    delay: Annotated[str | None, typer.Option("--in", help="Run after this delay (30s, 5m, 1h).")] = None,
+    delay: Annotated[
+        str | None, typer.Option("--in", help="Run after this delay (30s, 5m, 1h).")
+    ] = None,
     job_id: Annotated[str | None, typer.Option("--job-id", help="Explicit job id.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
@@ -67,13 +87,19 @@ def enqueue(
     enqueuer = Enqueuer(cfg, connect_checked(cfg))
     rq_job = enqueuer.enqueue_call(call)
     jobdef = enqueuer.registry.get(job)
-    when = call.at or (None if call.delay is None else "in " + str(call.delay))
-    data = {"id": rq_job.id, "job": jobdef.name, "queue": jobdef.queue,
-            "status": str(rq_job.get_status(refresh=False).value),
-            "scheduled_for": rq_job.meta.get("scheduled_for") if rq_job.meta else None}
+    when = call.at.astimezone(UTC).isoformat(timespec="seconds") if call.at else None
     if as_json:
-        data["scheduled_for"] = str(when) if when else None
-        emit_json(data)
+        emit_json(
+            {
+                "id": rq_job.id,
+                "job": jobdef.name,
+                "queue": jobdef.queue,
+                "status": str(rq_job.get_status(refresh=False).value),
+                "scheduled_for": when,
+            }
+        )
         return
-    suffix = f", scheduled {when}" if when else ""
-    console.print(f"enqueued [bold]{jobdef.name}[/] on [cyan]{jobdef.queue}[/] as {rq_job.id}{suffix}")
+    suffix = f", scheduled for {when}" + (f" (in {delay})" if delay else "") if when else ""
+    console.print(
+        f"enqueued [bold]{jobdef.name}[/] on [cyan]{jobdef.queue}[/] as {rq_job.id}{suffix}"
+    )

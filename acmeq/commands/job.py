@@ -20,8 +20,12 @@ def list_jobs(
     """List the job functions that may be enqueued and executed (the allowlist)."""
     jobs = list(registry_for(settings()))
     if as_json:
-        emit_json([{"name": j.name, "queue": j.queue, "path": j.path,
-                    "description": j.description} for j in jobs])
+        emit_json(
+            [
+                {"name": j.name, "queue": j.queue, "path": j.path, "description": j.description}
+                for j in jobs
+            ]
+        )
         return
     table = Table("job", "queue", "function", "description", box=None, pad_edge=False)
     for j in jobs:

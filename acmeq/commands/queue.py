@@ -24,10 +24,31 @@ def list_queues(
     if as_json:
         emit_json(rows)
         return
-    table = Table("queue", "prio", "timeout", "tries", "memory", "retry delays (s)", "ready",
-                  "scheduled", "started", "failed", box=None, pad_edge=False)
+    table = Table(
+        "queue",
+        "prio",
+        "timeout",
+        "tries",
+        "memory",
+        "retry delays (s)",
+        "ready",
+        "scheduled",
+        "started",
+        "failed",
+        box=None,
+        pad_edge=False,
+    )
     for r in rows:
-        table.add_row(r["name"], str(r["priority"]), f"{r['timeout']}s", str(r["tries"]),
-                      f"{r['memory_mb']} MB", ", ".join(map(str, r["retry_intervals"])) or "-",
-                      str(r["ready"]), str(r["scheduled"]), str(r["started"]), str(r["failed"]))
+        table.add_row(
+            r["name"],
+            str(r["priority"]),
+            f"{r['timeout']}s",
+            str(r["tries"]),
+            f"{r['memory_mb']} MB",
+            ", ".join(map(str, r["retry_intervals"])) or "-",
+            str(r["ready"]),
+            str(r["scheduled"]),
+            str(r["started"]),
+            str(r["failed"]),
+        )
     console.print(table)

@@ -28,14 +28,25 @@ def status(
         return
     kind = "embedded redis-server" if cfg.redis.embedded else "configured Redis"
     console.print(f"[bold]{kind}[/] at {data['redis']}")
-    console.print(f"  version {info['version']}, memory {info['used_memory_human']}, "
-                  f"clients {info['connected_clients']}, up {info['uptime_in_seconds']} s")
+    console.print(
+        f"  version {info['version']}, memory {info['used_memory_human']}, "
+        f"clients {info['connected_clients']}, up {info['uptime_in_seconds']} s"
+    )
     if not info["aof_enabled"]:
-        console.print("  [yellow]warning:[/] AOF persistence is off: queued jobs are lost if "
-                      "Redis restarts")
+        console.print(
+            "  [yellow]warning:[/] AOF persistence is off: queued jobs are lost if Redis restarts"
+        )
+    version = tuple(int(p) for p in str(info["version"]).split(".")[:2] if p.isdigit())
+    if version < (6, 2):
+        console.print(
+            f"  [yellow]warning:[/] Redis {info['version']} has no BLMOVE: a worker "
+            "that crashes right after taking a job can lose it (use Redis >= 6.2)"
+        )
     if info["maxmemory_policy"] != "noeviction":
-        console.print(f"  [yellow]warning:[/] maxmemory-policy is {info['maxmemory_policy']}; "
-                      "Redis may evict jobs (use noeviction)")
+        console.print(
+            f"  [yellow]warning:[/] maxmemory-policy is {info['maxmemory_policy']}; "
+            "Redis may evict jobs (use noeviction)"
+        )
 
 
 @app.command()

@@ -17,8 +17,13 @@ from acmeq.registry import job
 @job(queue="maintenance")
 def ping(echo: str = "pong") -> dict[str, Any]:
     """Report which host and process ran the job: a health check of the worker pools."""
-    return {"echo": echo, "host": socket.gethostname(), "pid": os.getpid(),
-            "at": datetime.now(UTC).isoformat(timespec="seconds"), "monotonic": time.monotonic()}
+    return {
+        "echo": echo,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "monotonic": time.monotonic(),
+    }
 
 
 @job(queue="maintenance")
@@ -68,8 +73,16 @@ def top_campaigns(engine: Engine, limit: int = 5) -> list[dict[str, Any]]:
     from acmeq.models import Campaign
 
     campaigns = Campaign.__table__  # type: ignore[attr-defined]
-    stmt = (sa.select(campaigns.c.title, campaigns.c.currency, campaigns.c.raised_minor,
-                      campaigns.c.matched_minor, campaigns.c.donation_count)
-            .order_by(campaigns.c.raised_minor.desc()).limit(limit))
+    stmt = (
+        sa.select(
+            campaigns.c.title,
+            campaigns.c.currency,
+            campaigns.c.raised_minor,
+            campaigns.c.matched_minor,
+            campaigns.c.donation_count,
+        )
+        .order_by(campaigns.c.raised_minor.desc())
+        .limit(limit)
+    )
     with engine.connect() as conn:
         return [dict(row._mapping) for row in conn.execute(stmt)]

@@ -1,0 +1,1 @@
+"""Alembic revisions of acmeq's schema (a package only so that setuptools ships the files)."""
