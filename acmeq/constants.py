@@ -33,3 +33,21 @@ HEALTH_CHECK_INTERVAL_S = 30
 # Horizon keeps completed jobs for an hour and failed jobs for a week (its `trim` defaults).
 DEFAULT_RESULT_TTL_S = 3600
 DEFAULT_FAILURE_TTL_S = 7 * 24 * 3600
+
+
+class WorkerExit(IntEnum):
+    """Exit codes of a worker process, read by its supervisor to decide what happens next."""
+
+    OK = 0  # stopped on request (graceful shutdown, burst done)
+    FAILED = 1  # crashed: respawn with backoff
+    BOOT_ERROR = 4  # could not start (import error in a job module, bad config): halt the pool
+    MEMORY_LIMIT = 5  # RSS above the queue's limit after a job (or a job blew through it): respawn
+    RECYCLE = 6  # max_jobs / max_time reached: respawn at once
+
+
+# Redis keys acmeq adds beside RQ's (all under KEY_PREFIX).
+PAUSED_QUEUE_KEY = KEY_PREFIX + "paused:queue:{queue}"
+PAUSED_SUPERVISOR_KEY = KEY_PREFIX + "paused:supervisor:{master}:{supervisor}"
+MASTERS_KEY = KEY_PREFIX + "masters"  # hash: master name -> JSON snapshot (refreshed each tick)
+MASTER_KEY = KEY_PREFIX + "master:{name}"  # heartbeat key with TTL
+MASTER_COMMANDS_KEY = KEY_PREFIX + "master:{name}:commands"  # list of JSON commands
