@@ -21,6 +21,7 @@ from acmeq.commands import enqueue as enqueue_cmd
 from acmeq.commands import job as job_cmd
 from acmeq.commands import queue as queue_cmd
 from acmeq.commands import redis_server as redis_cmd
+from acmeq.commands import worker as worker_cmd
 from acmeq.commands.common import err_console, state
 from acmeq.constants import ExitCode
 from acmeq.errors import AcmeqError
@@ -32,6 +33,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+app.add_typer(worker_cmd.app, name="worker")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(redis_cmd.app, name="redis")
 app.add_typer(db_cmd.app, name="db")

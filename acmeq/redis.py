@@ -319,3 +319,8 @@ __all__ = [
     "find_redis_server",
     "server_info",
 ]
+
+
+def text(value: bytes | str) -> str:
+    """A Redis reply as text (acmeq's clients return bytes, as RQ needs)."""
+    return value.decode() if isinstance(value, bytes) else value

@@ -33,6 +33,7 @@ import time
 import traceback
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from types import FrameType
 from typing import Any
 from uuid import uuid4
@@ -51,6 +52,7 @@ from acmeq.config import Settings
 from acmeq.constants import PAUSED_QUEUE_KEY, PAUSED_SUPERVISOR_KEY, WorkerExit
 from acmeq.fastpath import STATS_KEY, FastPath, Started, encode_result, needs_slow_path
 from acmeq.queues import AcmeqJob
+from acmeq.redis import text
 
 log = logging.getLogger("acmeq.worker")
 
@@ -76,6 +78,7 @@ class WorkerOptions:
     supervisor: str = ""
     burst: bool = False  # exit when the queue is empty (tests, demo, benchmarks)
     log_level: str = "WARNING"
+    boot_report: str = ""  # file to write a boot error into, for the supervisor to show
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -264,7 +267,7 @@ class AcmeqWorker(SimpleWorker):
         )
         if job_id is None:
             return None
-        started = self.fast.start(uuid4().hex, _text(job_id))
+        started = self.fast.start(uuid4().hex, text(job_id))
         return started if started.kind == "job" else None
 
     def _run_job(self, started: Started, take_next: bool, fork: bool) -> Started | None:
@@ -462,10 +465,6 @@ def _raise_in_thread(thread_id: int, exc: type[BaseException]) -> None:
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc))
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _format_exc() -> str:
     return "".join(traceback.format_exception(*sys.exc_info()))
 
@@ -492,8 +491,11 @@ def main(argv: list[str] | None = None) -> int:
         connection = connect_checked(settings)
         worker = AcmeqWorker(opts, settings, connection)
     except Exception as exc:
-        log.error("cannot boot: %s: %s", type(exc).__name__, exc)
-        sys.stderr.write(f"acmeq worker: cannot boot: {type(exc).__name__}: {exc}\n")
+        message = f"cannot boot: {type(exc).__name__}: {exc}"
+        sys.stderr.write(f"acmeq worker: {message}\n")
+        if opts.boot_report:
+            with contextlib.suppress(OSError):
+                Path(opts.boot_report).write_text(message)
         return int(WorkerExit.BOOT_ERROR)
     return int(worker.run())
 
