@@ -8,6 +8,7 @@ module stays free of terminal code.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import subprocess
@@ -23,6 +24,8 @@ from rq.serializers import JSONSerializer
 from acmeq.config import RedisSettings, Settings
 from acmeq.queues import Enqueuer, JobCall, queue_counts
 from acmeq.redis import EmbeddedRedis, connect_checked, describe, server_info
+
+PINGS = 2_000
 
 
 class DemoOutput(Protocol):
@@ -98,23 +101,24 @@ def run_demo(
 
     out.step("3. Enqueue: every job acmeq has so far")
     enqueuer = Enqueuer(cfg, client)
-    ids = enqueuer.enqueue_many(JobCall("ping", (f"demo-{i}",)) for i in range(20))
+    ids = enqueuer.enqueue_many(JobCall("ping", (f"demo-{i}",)) for i in range(PINGS))
     ids.append(enqueuer.enqueue("recalculate_campaign_totals").id)
     out.line(
-        f"enqueued {len(ids)} jobs: 20 x ping (one pipelined enqueue_many), "
+        f"enqueued {len(ids):,} jobs: {PINGS:,} x ping (one pipelined enqueue_many), "
         "1 x recalculate_campaign_totals"
     )
     _queue_table(out, cfg, client, "queues after enqueue")
 
-    out.step("4. Workers: one RQ worker process per queue with work (burst mode)")
-    busy = [row["name"] for row in queue_counts(cfg, client) if row["ready"]]
-    started = time.monotonic()
-    procs = [_start_rq_worker(cfg, name) for name in busy]
-    for proc in procs:
-        proc.wait(timeout=300)
+    out.step("4. Workers: a supervised, autoscaled pool (profile development, burst)")
     out.line(
-        f"{len(procs)} workers ({', '.join(busy)}) drained their queues in "
-        f"{time.monotonic() - started:.1f} s and exited"
+        "the master starts with no workers (min 0 per queue) and gives processes to the "
+        "queues with work, up to 3 in all"
+    )
+    code, samples = _run_master(cfg, client)
+    for t, count, backlog in samples:
+        out.line(f"{t:5.1f}s  {count} {'█' * count:<3} workers   backlog {backlog:>5,}")
+    out.line(
+        f"the master drained the queues and, in burst mode, stopped its workers and exited with code {code}"
     )
 
     out.step("5. Results")
@@ -135,33 +139,41 @@ def run_demo(
     return unfinished
 
 
-def _start_rq_worker(cfg: Settings, queue: str) -> subprocess.Popen[bytes]:
-    # Until the supervisor lands this is RQ's own worker, told to use JSON and acmeq's job class
-    # (so the allowlist is enforced), reaching the embedded server through its unix socket.
-    env = child_env(cfg)
-    log = open(cfg.state_dir / f"worker-{queue}.log", "wb")  # noqa: SIM115 - closed with the process
-    return subprocess.Popen(
+def _run_master(cfg: Settings, client: Any) -> tuple[int, list[tuple[float, int, int]]]:
+    """Run `acmeq worker start --profile development --burst`; sample its pool once a second."""
+    import psutil
+
+    log = open(cfg.state_dir / "master.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "rq.cli",
+            "acmeq",
             "worker",
+            "start",
+            "--profile",
+            "development",
+            "--hostname",
+            "demo",
             "--burst",
-            "--url",
-            env["REDIS_URL"],
-            "--worker-class",
-            "rq.SimpleWorker",
-            "--job-class",
-            "acmeq.queues.AcmeqJob",
-            "--serializer",
-            "rq.serializers.JSONSerializer",
-            "--quiet",
-            queue,
+            "--log-level",
+            "WARNING",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
-        env=env,
+        env=child_env(cfg),
     )
+    master = psutil.Process(proc.pid)
+    samples: list[tuple[float, int, int]] = []
+    started = time.monotonic()
+    while proc.poll() is None and time.monotonic() - started < 300:
+        with contextlib.suppress(psutil.Error):
+            backlog = sum(r["ready"] + r["started"] for r in queue_counts(cfg, client))
+            samples.append((time.monotonic() - started, len(master.children()), backlog))
+        time.sleep(1.0)
+    code = proc.wait(timeout=60)
+    log.close()
+    return code, samples
 
 
 def _queue_table(out: DemoOutput, cfg: Settings, client: Any, title: str) -> None:
@@ -197,7 +209,7 @@ def _results_table(out: DemoOutput, client: Any, ids: list[str]) -> int:
                 str(summary)[:60],
             ]
         )
-    shown = rows[:5] + rows[-2:] if len(rows) > 7 else rows
+    shown = rows[:3] + rows[-2:] if len(rows) > 5 else rows
     out.table(
         f"jobs ({len(rows)} in all, {unfinished} unfinished)",
         ["id", "job", "queue", "status", "runtime", "result"],

@@ -21,7 +21,8 @@ def test_demo_runs_end_to_end_and_stops_everything(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "seeded 5 companies" in out and "4 campaigns and 300 donations" in out
-    assert "jobs (21 in all, 0 unfinished)" in out
+    assert "jobs (2001 in all, 0 unfinished)" in out
+    assert "a supervised, autoscaled pool" in out and "exited with code 0" in out
     assert "recalculate_campaign_totals" in out
     assert "demo complete" in out
     # Then the embedded Redis it started is stopped again, its data kept on disk
