@@ -136,6 +136,7 @@ class AcmeqWorker(SimpleWorker):
         self._fast_stop = False
         self._lock = threading.Lock()
         self._running: dict[str, _Running] = {}  # execution id -> running job
+        self._memory_reason = ""  # set by the watchdog when it killed a forked job for memory
 
     # -- lifecycle ---------------------------------------------------------------------------
     def run(self) -> WorkerExit:
@@ -320,6 +321,11 @@ class AcmeqWorker(SimpleWorker):
             self.handle_job_success(
                 job, self.queue_obj, self.queue_obj.started_job_registry, execution
             )
+        elif outcome == "memory":
+            # A memory hog fails for good: retrying would only kill the next worker too.
+            self._record_failure(job, execution, str(value), retry=False)
+            self.exit_code = WorkerExit.MEMORY_LIMIT
+            self._stop.set()
         else:
             self._record_failure(job, execution, str(value))
         return None
@@ -365,6 +371,7 @@ class AcmeqWorker(SimpleWorker):
                 if deadline is not None and time.monotonic() > deadline:
                     os.kill(pid, signal.SIGKILL)
                     os.waitpid(pid, 0)
+                    self._horse_pid = 0
                     return "failed", (
                         f"JobTimeoutException: Task exceeded maximum timeout "
                         f"value ({timeout} seconds)"
@@ -377,6 +384,8 @@ class AcmeqWorker(SimpleWorker):
         _, status = os.waitpid(pid, 0)
         self._horse_pid = 0
         raw = b"".join(chunks)
+        if self._memory_reason:
+            return "memory", self._memory_reason
         if not raw:
             return "failed", f"work horse died unexpectedly (wait status {status})"
         reply = json.loads(raw)
@@ -447,11 +456,14 @@ class AcmeqWorker(SimpleWorker):
             f"(RSS {rss:.0f} MB)"
         )
         log.error("%s: failing the running jobs and exiting", reason)
-        with self._lock:
-            running = list(self._running.values())
         if self._horse_pid:
+            # Fork: the parent is free; it records the failure when it reaps the child.
+            self._memory_reason = reason
             with contextlib.suppress(OSError):
                 os.kill(self._horse_pid, signal.SIGKILL)
+            return
+        with self._lock:
+            running = list(self._running.values())
         for item in running:
             # A memory hog fails for good: retrying would only kill the next worker too.
             with contextlib.suppress(Exception):
