@@ -118,7 +118,8 @@ def run_demo(
     for t, count, backlog in samples:
         out.line(f"{t:5.1f}s  {count} {'█' * count:<3} workers   backlog {backlog:>5,}")
     out.line(
-        f"the master drained the queues and, in burst mode, stopped its workers and exited with code {code}"
+        f"the master drained the queues and, in burst mode, stopped its workers and "
+        f"exited with code {code}"
     )
 
     out.step("5. Results")

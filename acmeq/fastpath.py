@@ -199,6 +199,13 @@ class FastPath:
         reply = self._script(args=self._head("start") + self._start_args(exec_id, job_id))
         return _started(reply, exec_id)
 
+    def give_back(self, job_id: str) -> None:
+        """Return a job taken by BLMOVE (not started) to the head of its queue."""
+        pipe = self.connection.pipeline()
+        pipe.lrem(f"rq:queue:{self.queue}:intermediate", 1, job_id)
+        pipe.lpush(f"rq:queue:{self.queue}", job_id)
+        pipe.execute()
+
     def finish(
         self,
         job_id: str,

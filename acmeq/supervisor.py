@@ -194,12 +194,12 @@ class Master:
         log.info("master %s: %s stop", self.name, mode)
         self._stop_mode = mode
         self.status = "terminating"
-        sig = signal.SIGTERM
+        # A worker stops fast on SIGINT (two SIGTERMs sent back to back would merge into one
+        # pending signal and read as a graceful stop).
+        sig = signal.SIGINT if mode == "fast" else signal.SIGTERM
         for pool in self.pools.values():
             for child in pool.children:
                 self._signal(child, sig)
-                if mode == "fast":
-                    self._signal(child, sig)  # a worker's second SIGTERM is its fast stop
         longest = max((p.supervisor.timeout_for(p.queue) for p in self.pools.values()), default=0)
         grace = FAST_STOP_GRACE_S if mode == "fast" else longest + OVERRUN_GRACE_S
         self._stop_deadline = time.monotonic() + grace

@@ -131,6 +131,7 @@ class AcmeqWorker(SimpleWorker):
         self.process = psutil.Process()
         self.started_mono = time.monotonic()
         self.jobs_done = 0
+        self.jobs_taken = 0
         self.exit_code = WorkerExit.OK
         self._stop = threading.Event()  # graceful: take no new job
         self._fast_stop = False
@@ -197,24 +198,33 @@ class AcmeqWorker(SimpleWorker):
             raise ShutdownInterrupt("worker stopped fast (second SIGTERM or SIGINT)")
 
     def _should_stop(self) -> bool:
+        """Whether to stop taking jobs: stop requested, max_time reached or memory over limit."""
         if self._stop.is_set():
-            return True
-        if self.opts.max_jobs and self.jobs_done >= self.opts.max_jobs:
-            self.exit_code = WorkerExit.RECYCLE
             return True
         if self.opts.max_time and time.monotonic() - self.started_mono >= self.opts.max_time:
             self.exit_code = WorkerExit.RECYCLE
             return True
         if self.opts.memory_mb and self._rss_mb() > self.opts.memory_mb:
             # Laravel/Horizon semantics: the worker exits after the job and is replaced.
-            log.warning(
-                "RSS %.0f MB above the %d MB limit: exiting to be replaced",
-                self._rss_mb(),
-                self.opts.memory_mb,
-            )
+            log.warning("RSS above the %d MB limit: exiting to be replaced", self.opts.memory_mb)
             self.exit_code = WorkerExit.MEMORY_LIMIT
             return True
         return False
+
+    def _reserve(self) -> bool:
+        """Claim the right to take one more job (max_jobs counts jobs taken, across threads)."""
+        if self._should_stop():
+            return False
+        with self._lock:
+            if self.opts.max_jobs and self.jobs_taken >= self.opts.max_jobs:
+                self.exit_code = WorkerExit.RECYCLE
+                return False
+            self.jobs_taken += 1
+            return True
+
+    def _release(self) -> None:
+        with self._lock:
+            self.jobs_taken -= 1
 
     def _rss_mb(self) -> float:
         rss = self.process.memory_info().rss
@@ -229,15 +239,15 @@ class AcmeqWorker(SimpleWorker):
         started: Started | None = None
         while True:
             if started is None or started.kind != "job":
-                if self._should_stop():
+                if not self._reserve():
                     return
                 started = self._next_job()
                 if started is None:
+                    self._release()
                     if self.opts.burst:
                         return
                     continue
-            take_next = not self._should_stop()
-            started = self._run_job(started, take_next, fork)
+            started = self._run_job(started, fork)
 
     def _run_threads(self) -> None:
         threads = [
@@ -268,10 +278,14 @@ class AcmeqWorker(SimpleWorker):
         )
         if job_id is None:
             return None
+        if self._stop.is_set():
+            # Stopped while blocked: the job goes back to the head of the queue, untouched.
+            self.fast.give_back(text(job_id))
+            return None
         started = self.fast.start(uuid4().hex, text(job_id))
         return started if started.kind == "job" else None
 
-    def _run_job(self, started: Started, take_next: bool, fork: bool) -> Started | None:
+    def _run_job(self, started: Started, fork: bool) -> Started | None:
         """Run one started job and record its outcome; may return the next started job."""
         assert started.fields is not None
         job = AcmeqJob(started.job_id, connection=self.connection, serializer=JSONSerializer)
@@ -301,6 +315,8 @@ class AcmeqWorker(SimpleWorker):
         with self._lock:
             self.jobs_done += 1
         if outcome == "ok" and not needs_slow_path(started.fields):
+            # Decided after the job: a stop, max_jobs or memory limit reached meanwhile holds.
+            take_next = self._reserve()
             wt = time.time() - started_ts
             result_ttl = job.get_result_ttl(self.default_result_ttl)
             reply = self.fast.finish(
@@ -312,6 +328,8 @@ class AcmeqWorker(SimpleWorker):
                 started_ts,
                 uuid4().hex if take_next else None,
             )
+            if take_next and reply.kind != "job":
+                self._release()
             if reply.kind != "slow":
                 return reply if reply.kind == "job" else None
         job.ended_at = datetime.now(UTC)
@@ -442,7 +460,11 @@ class AcmeqWorker(SimpleWorker):
         if self.opts.mode != "threads":
             return  # inline: SIGALRM; fork: the parent's wait loop
         with self._lock:
-            overdue = [r for r in self._running.values() if r.deadline and now > r.deadline]
+            overdue = [
+                r
+                for r in self._running.values()
+                if r.deadline and now > r.deadline and r.performing
+            ]
         for item in overdue:
             item.deadline = 0.0
             _raise_in_thread(item.thread_id, JobTimeoutException)
