@@ -57,7 +57,7 @@ from acmeq.redis import text
 log = logging.getLogger("acmeq.worker")
 
 HEARTBEAT_S = 10.0  # worker/job heartbeat while busy or idle
-IDLE_BLOCK_S = 2  # BLMOVE timeout: bounds how late a pause or stop is noticed while idle
+IDLE_BLOCK_S = 1  # BLMOVE timeout: bounds how late a pause or stop is noticed while idle
 MEMORY_HARD_FACTOR = 1.15  # a running job beyond limit x this is stopped (watchdog)
 WATCHDOG_S = 0.25
 

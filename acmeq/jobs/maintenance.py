@@ -6,12 +6,12 @@ import os
 import socket
 import time
 from datetime import UTC, datetime
-from typing import Any
-
-import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from typing import TYPE_CHECKING, Any
 
 from acmeq.registry import job
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 
 @job(queue="maintenance")
@@ -42,6 +42,8 @@ def recalculate_totals(engine: Engine, campaign_id: int | None = None) -> dict[s
     statement and a donation completed meanwhile cannot be half counted. The rule is the one
     ``Campaign`` documents: completed and partially refunded donations count, net of refunds.
     """
+    import sqlalchemy as sa
+
     from acmeq.models import Campaign, Donation, DonationStatus
 
     campaigns = Campaign.__table__  # type: ignore[attr-defined]
@@ -70,6 +72,8 @@ def recalculate_totals(engine: Engine, campaign_id: int | None = None) -> dict[s
 
 def top_campaigns(engine: Engine, limit: int = 5) -> list[dict[str, Any]]:
     """The campaigns that raised most, for the demo and reports."""
+    import sqlalchemy as sa
+
     from acmeq.models import Campaign
 
     campaigns = Campaign.__table__  # type: ignore[attr-defined]
