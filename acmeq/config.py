@@ -157,6 +157,8 @@ class Settings:
     job_modules: tuple[str, ...]
     monitoring_enabled: bool
     alert_email: str | None
+    metrics_minute_retention: int = 24 * 3600  # seconds minute buckets are kept
+    metrics_hour_retention: int = 30 * 24 * 3600  # seconds hour buckets are kept
     config_path: Path | None = None
     # dotted key -> value and where it came from ("default", a TOML path, "env NAME")
     values: Mapping[str, Any] = field(default_factory=dict, repr=False)
@@ -253,6 +255,7 @@ def _default_tree() -> dict[str, Any]:
         "jobs": {"modules": []},
         "monitoring": {"enabled": True, "alert_email": ""},
         "workers": {"high": 0, "medium": 0, "low": 0},
+        "metrics": {"minute_retention": 24 * 3600, "hour_retention": 30 * 24 * 3600},
         "queues": copy.deepcopy(defaults.QUEUES),
         "profiles": copy.deepcopy(defaults.PROFILES),
     }
@@ -432,6 +435,8 @@ class _Loader:
             job_modules=tuple(modules),
             monitoring_enabled=self._bool("monitoring.enabled"),
             alert_email=self._str("monitoring.alert_email") or None,
+            metrics_minute_retention=self._int("metrics.minute_retention", 60),
+            metrics_hour_retention=self._int("metrics.hour_retention", 3600),
             config_path=self.path,
             values=dict(self.values),
             sources=dict(self.sources),

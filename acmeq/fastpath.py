@@ -27,6 +27,12 @@ from rq.defaults import DEFAULT_WORKER_TTL, UNSERIALIZABLE_RETURN_VALUE_PAYLOAD
 from rq.utils import utcformat
 
 from acmeq.constants import KEY_PREFIX
+from acmeq.metrics import (
+    DEFAULT_HOUR_RETENTION_S,
+    DEFAULT_MINUTE_RETENTION_S,
+    LUA_RECORD,
+    finish_args,
+)
 
 # Per-queue counters the balancer and `acmeq status` read: processed, failed, runtime seconds.
 STATS_KEY = KEY_PREFIX + "stats:{queue}"
@@ -139,6 +145,8 @@ if op == 'finish' or op == 'finish_start' then
   if redis.call('SCARD', 'rq:job:' .. id .. ':dependents') > 0 then return {'slow'} end
   finish(ARGV[4], ARGV[5], id, ARGV[14], ARGV[6], ARGV[7], ARGV[15], ARGV[16], ARGV[17],
          ARGV[18])
+  record(ARGV[4], ARGV[19], ARGV[17], ARGV[20], ARGV[21], ARGV[22], ARGV[23], ARGV[24],
+         ARGV[25], ARGV[26])
   if op == 'finish' then return {'done'} end
   return start(ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], '', ARGV[10], ARGV[11], ARGV[12])
 end
@@ -169,6 +177,8 @@ class FastPath:
         worker: str,
         pause_keys: Sequence[str],
         timeout_override: int = 0,
+        minute_retention: int = DEFAULT_MINUTE_RETENTION_S,
+        hour_retention: int = DEFAULT_HOUR_RETENTION_S,
     ) -> None:
         self.connection = connection
         self.queue = queue
@@ -177,7 +187,9 @@ class FastPath:
         self.pause_supervisor = pause_keys[1] if len(pause_keys) > 1 else ""
         self.timeout_override = str(int(timeout_override))
         self.stats_key = STATS_KEY.format(queue=queue)
-        self._script = connection.register_script(_LUA)
+        self.minute_retention = minute_retention
+        self.hour_retention = hour_retention
+        self._script = connection.register_script(LUA_RECORD + _LUA)
 
     def _head(self, op: str) -> list[Any]:
         now = time.time()
@@ -215,13 +227,25 @@ class FastPath:
         working_time: float,
         started_ts: float,
         next_exec_id: str | None,
+        job_name: str = "",
+        wait: float = 0.0,
     ) -> Started:
-        """Record a success; with ``next_exec_id`` also take and start the next job."""
+        """Record a success (and its metrics); with ``next_exec_id`` also take and start the
+        next job."""
         op = "finish_start" if next_exec_id else "finish"
+        head = self._head(op)
         args = (
-            self._head(op)
+            head
             + self._start_args(next_exec_id or "", "")
             + [job_id, exec_id, result or b"", result_ttl, repr(working_time), repr(started_ts)]
+            + finish_args(
+                float(head[6]),
+                job_name or "?",
+                working_time,
+                wait,
+                self.minute_retention,
+                self.hour_retention,
+            )
         )
         return _started(self._script(args=args), next_exec_id or "")
 

@@ -30,6 +30,8 @@ from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 from rq.utils import now
 
+from acmeq import failures, metrics
+from acmeq.config import Settings
 from acmeq.constants import KEY_PREFIX
 from acmeq.fastpath import STATS_KEY
 from acmeq.queues import AcmeqJob
@@ -48,13 +50,21 @@ def _queue(name: str, connection: redis.Redis) -> Queue:
 
 
 def recover_dead_worker(
-    connection: redis.Redis, worker_name: str, queue_name: str, reason: str
+    connection: redis.Redis,
+    worker_name: str,
+    queue_name: str,
+    reason: str,
+    settings: Settings | None = None,
 ) -> list[str]:
-    """Retry or fail every job the dead worker had started; return their ids."""
+    """Retry or fail every job the dead worker had started; return their ids.
+
+    With ``settings``, jobs failed for good are also recorded in SQL (``failed_jobs``).
+    """
     executions_key = f"rq:worker:{worker_name}:executions"
     composites = [text(c) for c in connection.smembers(executions_key)]
     queue = _queue(queue_name, connection)
     recovered: list[str] = []
+    failed_for_good: list[tuple[AcmeqJob, str]] = []
     for composite in composites:
         job_id, _, exec_id = composite.rpartition(":")
         try:
@@ -67,14 +77,21 @@ def recover_dead_worker(
             pipe.zrem(f"rq:executions:{job_id}", exec_id)
             if job is not None and job.get_status(refresh=False) == JobStatus.STARTED:
                 job.ended_at = now()
+                exc_string = f"AbandonedJobError: {reason}"
                 if job.retries_left and job.retries_left > 0:
                     job.retry(queue, pipe)
                 else:
-                    record_job_failure(job, f"AbandonedJobError: {reason}", pipe)
+                    record_job_failure(job, exc_string, pipe)
+                    failed_for_good.append((job, exc_string))
                 pipe.hincrby(STATS_KEY.format(queue=queue_name), "failed", 1)
+                ran = (job.ended_at - job.started_at).total_seconds() if job.started_at else 0.0
+                metrics.record_failure(pipe, time.time(), queue_name, job.description or "?", ran)
                 recovered.append(job_id)
             pipe.execute()
     deregister_worker(connection, worker_name, queue_name)
+    if settings is not None:
+        for job, exc_string in failed_for_good:
+            failures.record_permanent(settings, job, exc_string)
     if recovered:
         log.warning(
             "worker %s died (%s): recovered %d job(s): %s",

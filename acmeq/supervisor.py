@@ -356,7 +356,9 @@ class Master:
 
     def _cleanup_dead(self, pool: Pool, child: Child, reason: str) -> None:
         try:
-            recovery.recover_dead_worker(self.connection, child.name, pool.queue.name, reason)
+            recovery.recover_dead_worker(
+                self.connection, child.name, pool.queue.name, reason, self.settings
+            )
         except redis.RedisError as exc:
             log.error("cannot recover jobs of %s now: %s (maintenance will)", child.name, exc)
 

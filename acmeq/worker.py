@@ -48,6 +48,7 @@ from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
 from rq.utils import utcformat
 
+from acmeq import failures, metrics
 from acmeq.config import Settings
 from acmeq.constants import PAUSED_QUEUE_KEY, PAUSED_SUPERVISOR_KEY, WorkerExit
 from acmeq.fastpath import STATS_KEY, FastPath, Started, encode_result, needs_slow_path
@@ -126,7 +127,15 @@ class AcmeqWorker(SimpleWorker):
             pause.append(
                 PAUSED_SUPERVISOR_KEY.format(master=opts.master, supervisor=opts.supervisor)
             )
-        self.fast = FastPath(connection, opts.queue, self.name, pause, opts.timeout)
+        self.fast = FastPath(
+            connection,
+            opts.queue,
+            self.name,
+            pause,
+            opts.timeout,
+            settings.metrics_minute_retention,
+            settings.metrics_hour_retention,
+        )
         self.queue_obj = self.queues[0]
         self.process = psutil.Process()
         self.started_mono = time.monotonic()
@@ -319,6 +328,7 @@ class AcmeqWorker(SimpleWorker):
             take_next = self._reserve()
             wt = time.time() - started_ts
             result_ttl = job.get_result_ttl(self.default_result_ttl)
+            wait = started_ts - job.enqueued_at.timestamp() if job.enqueued_at else 0.0
             reply = self.fast.finish(
                 job.id,
                 exec_id,
@@ -327,6 +337,8 @@ class AcmeqWorker(SimpleWorker):
                 wt,
                 started_ts,
                 uuid4().hex if take_next else None,
+                job_name=job_name(job),
+                wait=wait,
             )
             if take_next and reply.kind != "job":
                 self._release()
@@ -419,7 +431,21 @@ class AcmeqWorker(SimpleWorker):
         if not retry:
             job.retries_left = 0
         self.handle_job_failure(job, self.queue_obj, exc_string=exc_string, execution=execution)
-        self.connection.hincrby(STATS_KEY.format(queue=self.opts.queue), "failed", 1)
+        runtime = (job.ended_at - job.started_at).total_seconds() if job.started_at else 0.0
+        pipe = self.connection.pipeline(transaction=False)
+        pipe.hincrby(STATS_KEY.format(queue=self.opts.queue), "failed", 1)
+        metrics.record_failure(
+            pipe,
+            time.time(),
+            self.opts.queue,
+            job_name(job),
+            runtime,
+            self.settings.metrics_minute_retention,
+            self.settings.metrics_hour_retention,
+        )
+        pipe.execute()
+        if job.get_status(refresh=False) == JobStatus.FAILED:
+            failures.record_permanent(self.settings, job, exc_string, job_name(job))
 
     # -- watchdog: heartbeats, deadlines (threads), hard memory limit ---------------------------
     def _watchdog(self) -> None:
@@ -493,6 +519,17 @@ class AcmeqWorker(SimpleWorker):
         with contextlib.suppress(redis.RedisError):
             self.register_death()
         os._exit(int(WorkerExit.MEMORY_LIMIT))
+
+
+def job_name(job: AcmeqJob) -> str:
+    """The registered name of a job's function (its RQ description is that name when acmeq
+    enqueued it; anything else falls back to the function path)."""
+    from acmeq.queues import _process_registry
+
+    try:
+        return _process_registry().by_path(job.func_name).name
+    except Exception:
+        return job.func_name or "?"
 
 
 def _raise_in_thread(thread_id: int, exc: type[BaseException]) -> None:

@@ -1,0 +1,47 @@
+"""Permanent records of failed jobs in SQL (seed: "permanent failure tracking").
+
+RQ's failed registry expires (failure_ttl, 7 days by default) and `acmeq failed flush` empties
+it; a job that used up its tries is therefore also written to the ``failed_jobs`` table, which
+keeps it after Redis forgets it. Writing is best effort from the worker's point of view: a
+database outage is logged and never turns a recorded Redis failure into a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from acmeq.config import Settings
+
+log = logging.getLogger("acmeq.failures")
+
+
+def exception_line(exc_string: str) -> str:
+    """The last line of a traceback: ``RuntimeError: boom``."""
+    lines = [line for line in exc_string.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
+
+
+def record_permanent(settings: Settings, job: Any, exc_string: str, job_name: str = "") -> None:
+    """Insert one ``failed_jobs`` row for a job that will not be retried."""
+    try:
+        from acmeq.db import engine_for
+        from acmeq.models import FailedJob
+
+        tries = getattr(job, "number_of_retries", None) or 0
+        row = {
+            "job_id": job.id,
+            "queue": job.origin or "",
+            "job_name": (job_name or job.description or job.func_name or "?")[:200],
+            "args": {"args": list(job.args or ()), "kwargs": dict(job.kwargs or {})},
+            "exception": exception_line(exc_string)[:2000],
+            "traceback": exc_string,
+            "attempts": int(tries) + 1,
+            "enqueued_at": job.enqueued_at,
+            "failed_at": datetime.now(UTC),
+        }
+        with engine_for(settings).begin() as conn:
+            conn.execute(FailedJob.__table__.insert().values(**row))  # type: ignore[attr-defined]
+    except Exception as exc:  # the Redis record stands; the SQL copy is best effort
+        log.error("could not record failed job %s in the database: %s", job.id, exc)
