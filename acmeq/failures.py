@@ -15,6 +15,7 @@ from typing import Any
 from acmeq.config import Settings
 
 log = logging.getLogger("acmeq.failures")
+_warned_schema = False  # say once per process that the schema is missing, not once per job
 
 
 def exception_line(exc_string: str) -> str:
@@ -44,4 +45,13 @@ def record_permanent(settings: Settings, job: Any, exc_string: str, job_name: st
         with engine_for(settings).begin() as conn:
             conn.execute(FailedJob.__table__.insert().values(**row))  # type: ignore[attr-defined]
     except Exception as exc:  # the Redis record stands; the SQL copy is best effort
+        global _warned_schema
+        if "no such table" in str(exc) or "does not exist" in str(exc):
+            if not _warned_schema:
+                _warned_schema = True
+                log.error(
+                    "failed jobs are not recorded in SQL: the database is not migrated "
+                    "(run 'acmeq db upgrade')"
+                )
+            return
         log.error("could not record failed job %s in the database: %s", job.id, exc)

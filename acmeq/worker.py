@@ -363,6 +363,9 @@ class AcmeqWorker(SimpleWorker):
     def _perform_inline(self, job: AcmeqJob, timeout: int, item: _Running) -> tuple[str, Any]:
         try:
             item.performing = True
+            if self._fast_stop:
+                # The stop arrived between the start script and here: honour it now.
+                raise ShutdownInterrupt("worker stopped fast (second SIGTERM or SIGINT)")
             if threading.current_thread() is threading.main_thread() and timeout > 0:
                 with self.death_penalty_class(timeout, JobTimeoutException, job_id=job.id):
                     return "ok", job.perform()
@@ -376,22 +379,7 @@ class AcmeqWorker(SimpleWorker):
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:  # child: run the job, report through the pipe, never return
-            os.close(read_fd)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            try:
-                value = job.perform()
-                try:
-                    data = json.dumps({"ok": True, "value": value}).encode()
-                except (TypeError, ValueError):
-                    data = json.dumps(
-                        {"ok": True, "value": UNSERIALIZABLE_RETURN_VALUE_PAYLOAD}
-                    ).encode()
-            except BaseException:
-                data = json.dumps({"ok": False, "value": _format_exc()}).encode()
-            with os.fdopen(write_fd, "wb") as pipe:
-                pipe.write(data)
-            os._exit(0)
+            _run_horse(job, read_fd, write_fd)
         os.close(write_fd)
         self._horse_pid = pid
         deadline = time.monotonic() + timeout if timeout > 0 else None
@@ -519,6 +507,37 @@ class AcmeqWorker(SimpleWorker):
         with contextlib.suppress(redis.RedisError):
             self.register_death()
         os._exit(int(WorkerExit.MEMORY_LIMIT))
+
+
+def _run_horse(job: AcmeqJob, read_fd: int, write_fd: int) -> None:
+    """The forked child: run the job, send the outcome through the pipe, exit."""
+    code = 0
+    try:
+        os.close(read_fd)
+        # Die with the worker (the kernel clears the parent-death signal on fork): a job must
+        # never outlive the worker that the master will declare dead and whose job it retries.
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() == 1:
+            os._exit(1)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            value = job.perform()
+            try:
+                data = json.dumps({"ok": True, "value": value}).encode()
+            except (TypeError, ValueError):
+                data = json.dumps(
+                    {"ok": True, "value": UNSERIALIZABLE_RETURN_VALUE_PAYLOAD}
+                ).encode()
+        except BaseException:
+            data = json.dumps({"ok": False, "value": _format_exc()}).encode()
+        with os.fdopen(write_fd, "wb") as pipe:
+            pipe.write(data)
+    except BaseException:
+        code = 1
+    finally:
+        os._exit(code)
 
 
 def job_name(job: AcmeqJob) -> str:
