@@ -14,13 +14,18 @@ from typing import Annotated
 import typer
 
 from acmeq import __version__
+from acmeq.commands import alerts as alerts_cmd
 from acmeq.commands import config as config_cmd
 from acmeq.commands import db as db_cmd
 from acmeq.commands import demo as demo_cmd
 from acmeq.commands import enqueue as enqueue_cmd
+from acmeq.commands import failed as failed_cmd
 from acmeq.commands import job as job_cmd
+from acmeq.commands import metrics as metrics_cmd
+from acmeq.commands import progress as progress_cmd
 from acmeq.commands import queue as queue_cmd
 from acmeq.commands import redis_server as redis_cmd
+from acmeq.commands import status as status_cmd
 from acmeq.commands import worker as worker_cmd
 from acmeq.commands.common import err_console, state
 from acmeq.constants import ExitCode
@@ -39,8 +44,15 @@ app.add_typer(redis_cmd.app, name="redis")
 app.add_typer(db_cmd.app, name="db")
 app.add_typer(queue_cmd.app, name="queue")
 app.add_typer(job_cmd.app, name="job")
+app.add_typer(failed_cmd.app, name="failed")
+app.add_typer(progress_cmd.app, name="progress")
 app.add_typer(demo_cmd.app, name="demo")
+app.add_typer(alerts_cmd.app, name="alerts")
 app.command(name="enqueue", help="Enqueue a registered job on its queue.")(enqueue_cmd.enqueue)
+app.command(name="status", help="Redis, queues, masters and alerts on one screen.")(
+    status_cmd.status
+)
+app.add_typer(metrics_cmd.app, name="metrics")
 
 
 def _version(value: bool) -> None:
@@ -82,7 +94,10 @@ def _click_family(exc: BaseException) -> set[str]:
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     try:
-        app(args=argv, prog_name="acmeq", standalone_mode=False)
+        # In non-standalone mode click returns an Exit's code instead of raising it.
+        code = app(args=argv, prog_name="acmeq", standalone_mode=False)
+        if isinstance(code, int) and code != 0:
+            sys.exit(code)
     except AcmeqError as exc:
         _fail(exc.message, int(exc.exit_code))
     except KeyboardInterrupt:

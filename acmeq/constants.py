@@ -51,3 +51,4 @@ PAUSED_SUPERVISOR_KEY = KEY_PREFIX + "paused:supervisor:{master}:{supervisor}"
 MASTERS_KEY = KEY_PREFIX + "masters"  # hash: master name -> JSON snapshot (refreshed each tick)
 MASTER_KEY = KEY_PREFIX + "master:{name}"  # heartbeat key with TTL
 MASTER_COMMANDS_KEY = KEY_PREFIX + "master:{name}:commands"  # list of JSON commands
+ALERTS_ACTIVE_KEY = KEY_PREFIX + "alerts:active"  # hash: alert id -> JSON (status reads it)

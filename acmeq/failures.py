@@ -30,7 +30,8 @@ def record_permanent(settings: Settings, job: Any, exc_string: str, job_name: st
         from acmeq.db import engine_for
         from acmeq.models import FailedJob
 
-        tries = getattr(job, "number_of_retries", None) or 0
+        # RQ does not count tries; the expanded backoff does: each retry used one delay.
+        retried = len(job.retry_intervals or []) - (job.retries_left or 0)
         row = {
             "job_id": job.id,
             "queue": job.origin or "",
@@ -38,7 +39,7 @@ def record_permanent(settings: Settings, job: Any, exc_string: str, job_name: st
             "args": {"args": list(job.args or ()), "kwargs": dict(job.kwargs or {})},
             "exception": exception_line(exc_string)[:2000],
             "traceback": exc_string,
-            "attempts": int(tries) + 1,
+            "attempts": max(retried, 0) + 1,
             "enqueued_at": job.enqueued_at,
             "failed_at": datetime.now(UTC),
         }

@@ -58,12 +58,15 @@ def recover_dead_worker(
 ) -> list[str]:
     """Retry or fail every job the dead worker had started; return their ids.
 
-    With ``settings``, jobs failed for good are also recorded in SQL (``failed_jobs``).
+    With ``settings``, jobs failed for good are also recorded in SQL (``failed_jobs``). Their
+    progress records (jobs that track progress) end too: failed, or pending when retried; the
+    database is the one of ``settings`` (default: this process's settings).
     """
     executions_key = f"rq:worker:{worker_name}:executions"
     composites = [text(c) for c in connection.smembers(executions_key)]
     queue = _queue(queue_name, connection)
     recovered: list[str] = []
+    retried: list[str] = []
     failed_for_good: list[tuple[AcmeqJob, str]] = []
     for composite in composites:
         job_id, _, exec_id = composite.rpartition(":")
@@ -80,6 +83,7 @@ def recover_dead_worker(
                 exc_string = f"AbandonedJobError: {reason}"
                 if job.retries_left and job.retries_left > 0:
                     job.retry(queue, pipe)
+                    retried.append(job_id)
                 else:
                     record_job_failure(job, exc_string, pipe)
                     failed_for_good.append((job, exc_string))
@@ -93,6 +97,7 @@ def recover_dead_worker(
         for job, exc_string in failed_for_good:
             failures.record_permanent(settings, job, exc_string)
     if recovered:
+        _end_progress(connection, recovered, retried, reason, settings)
         log.warning(
             "worker %s died (%s): recovered %d job(s): %s",
             worker_name,
@@ -101,6 +106,23 @@ def recover_dead_worker(
             ", ".join(recovered),
         )
     return recovered
+
+
+def _end_progress(
+    connection: redis.Redis,
+    job_ids: list[str],
+    retried: list[str],
+    reason: str,
+    settings: Settings | None,
+) -> None:
+    # Progress is a report: a database that is down or not migrated must never stop the Redis
+    # side of recovery, which is what keeps jobs from being lost.
+    try:
+        from acmeq.progress import mark_abandoned
+
+        mark_abandoned(settings, job_ids, reason, retrying=retried, connection=connection)
+    except Exception as exc:
+        log.warning("cannot mark the progress of %s as abandoned: %s", ", ".join(job_ids), exc)
 
 
 def deregister_worker(connection: redis.Redis, worker_name: str, queue_name: str) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 import psutil
 import redis
 
-from acmeq import autoscale, control, recovery
+from acmeq import alerts, autoscale, control, recovery
 from acmeq.config import ProfileSpec, QueueSpec, Settings, SupervisorSpec
 from acmeq.constants import WorkerExit
 from acmeq.errors import UsageError
@@ -46,6 +46,7 @@ TICK_S = 0.2
 PUBLISH_S = 2.0
 MAINTAIN_S = 5.0
 SCHEDULE_S = 1.0
+ALERTS_S = 5.0  # every master offers; only the holder of the alert lock evaluates
 OVERRUN_GRACE_S = 30.0  # beyond a job's timeout + 60 s heartbeat margin
 FAST_STOP_GRACE_S = 10.0
 RUNTIME_EWMA = 0.3
@@ -172,6 +173,11 @@ class Master:
                     self._retire_excess()
                     self._every("maintain", MAINTAIN_S, self._maintain)
                     self._every("schedule", SCHEDULE_S, self.scheduler.tick)
+                    self._every(  # logs its own errors, never raises
+                        "alerts",
+                        ALERTS_S,
+                        lambda: alerts.maybe_evaluate(self.connection, self.settings, self.name),
+                    )
                     if self.opts.burst and self._drained():
                         self.stop("graceful")
                     if all(p.halted for p in self.pools.values()):

@@ -155,6 +155,7 @@ class AcmeqWorker(SimpleWorker):
         self.connection.hset(
             self.key,
             mapping={
+                "state": "idle",
                 "acmeq_master": self.opts.master,
                 "acmeq_supervisor": self.opts.supervisor,
                 "acmeq_mode": self.opts.mode,

@@ -130,3 +130,106 @@ def tally_report(key: str, seconds: float) -> float:
 def tally_bulk(key: str, seconds: float) -> float:
     """Sleep on bulk (1 try), recording each start and completion (``test:*:<key>``)."""
     return _tally(key, seconds)
+
+
+# -- jobs that report progress (tests/test_progress.py) -----------------------------------------
+
+
+@acmeq.job(queue="bulk")
+def progress_count(n: int, delay: float = 0.0, fail_every: int = 0, user_id: int = 0) -> int:
+    """Track ``n`` items, sleeping ``delay`` per item; every ``fail_every``-th item fails (bulk)."""
+    from acmeq.progress import track
+
+    with track(total=n, user_id=user_id or None, meta={"n": n}) as p:
+        p.message("counting")
+        for i in range(1, n + 1):
+            if delay:
+                time.sleep(delay)
+            if fail_every and i % fail_every == 0:
+                p.fail_item(f"item {i} is odd one out")
+            else:
+                p.advance()
+        p.message("counted")
+    return p.processed
+
+
+@acmeq.job(queue="bulk")
+def progress_batches(n: int, size: int, delay: float = 0.0) -> int:
+    """Track ``n`` items in batches of ``size`` (total taken from the list), sleeping per batch."""
+    from acmeq.progress import track
+
+    with track() as p:
+        for _batch in p.batches(list(range(n)), size):
+            time.sleep(delay)
+    return p.processed
+
+
+@acmeq.job(queue="reports")
+def progress_cancellable(key: str, n: int, delay: float) -> int:
+    """On reports (3 tries): write partial output (``test:partial:<key>``) item by item; on
+    cancellation remove it and record the cleanup (``test:cleanup:<key>``)."""
+    from rq import get_current_job
+
+    from acmeq.progress import JobCancelled, track
+
+    job = get_current_job()
+    assert job is not None
+    redis = job.connection
+    redis.rpush(f"test:runs:{key}", str(time.time()))
+    with track(total=n) as p:
+        try:
+            for i in range(n):
+                redis.rpush(f"test:partial:{key}", i)
+                time.sleep(delay)
+                p.advance()
+        except JobCancelled:
+            redis.delete(f"test:partial:{key}")
+            redis.set(f"test:cleanup:{key}", p.processed)
+            raise
+    return p.processed
+
+
+@acmeq.job(queue="reports")
+def progress_stuck(key: str) -> None:
+    """On reports (3 tries): report once, then compute forever without reaching a checkpoint."""
+    from rq import get_current_job
+
+    from acmeq.progress import track
+
+    job = get_current_job()
+    assert job is not None
+    job.connection.rpush(f"test:runs:{key}", str(time.time()))
+    with track(total=10) as p:
+        p.advance()
+        while True:  # pure Python: a forced stop lands between two bytecodes
+            sum(range(1000))
+
+
+@acmeq.job(queue="bulk")
+def progress_then_fail(n: int, message: str = "ledger mismatch") -> None:
+    """Track ``n`` items, then raise (bulk: no retry)."""
+    from acmeq.progress import track
+
+    with track(total=2 * n) as p:
+        for _ in range(n):
+            p.advance()
+        raise RuntimeError(message)
+
+
+@acmeq.job(queue="exports")
+def progress_fail_with_retry(n: int) -> None:
+    """Track ``n`` items, then raise, on exports (2 tries): a retry is scheduled."""
+    from acmeq.progress import track
+
+    with track(total=n) as p:
+        p.advance(n)
+        raise RuntimeError("temporary outage")
+
+
+# -- jobs for the failed-job tests (tests/test_failed.py) --------------------------------------
+
+
+@acmeq.job(queue="payments")
+def decline(donation_id: int, donor_email: str, **details: Any) -> None:
+    """Always raise, naming the donor's e-mail (failed-job tests: personal data is masked)."""
+    raise RuntimeError(f"card declined for donation {donation_id} ({donor_email})")

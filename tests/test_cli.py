@@ -13,7 +13,20 @@ from conftest import run_cli
 def test_help_lists_every_command_group() -> None:
     result = run_cli("--help")
     assert result.returncode == 0
-    for group in ("config", "redis", "db", "queue", "job", "demo", "enqueue"):
+    for group in (
+        "config",
+        "redis",
+        "db",
+        "queue",
+        "job",
+        "demo",
+        "enqueue",
+        "worker",
+        "failed",
+        "alerts",
+        "status",
+        "metrics",
+    ):
         assert f" {group} " in result.stdout
 
 
@@ -130,3 +143,11 @@ def test_job_list_and_queue_list(redis_url: str, job_modules: str) -> None:
     queues = json.loads(run_cli("queue", "list", "--json").stdout)
     assert [q["name"] for q in queues][:2] == ["payments", "notifications"]
     assert next(q for q in queues if q["name"] == "notifications")["ready"] == 1
+
+
+def test_version_matches_the_package_metadata() -> None:
+    from importlib.metadata import version
+
+    import acmeq
+
+    assert acmeq.__version__ == version("acmeq")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -79,6 +80,14 @@ def enqueue(
         str | None, typer.Option("--in", help="Run after this delay (30s, 5m, 1h).")
     ] = None,
     job_id: Annotated[str | None, typer.Option("--job-id", help="Explicit job id.")] = None,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="Then follow the job's progress until it ends; exit 0 if it completed, 1 if "
+            "it failed or was cancelled. With --json: JSON lines.",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Enqueue a registered job on its queue, with that queue's timeout, retries and TTLs."""
@@ -89,17 +98,24 @@ def enqueue(
     jobdef = enqueuer.registry.get(job)
     when = call.at.astimezone(UTC).isoformat(timespec="seconds") if call.at else None
     if as_json:
-        emit_json(
-            {
-                "id": rq_job.id,
-                "job": jobdef.name,
-                "queue": jobdef.queue,
-                "status": str(rq_job.get_status(refresh=False).value),
-                "scheduled_for": when,
-            }
+        result = {
+            "id": rq_job.id,
+            "job": jobdef.name,
+            "queue": jobdef.queue,
+            "status": str(rq_job.get_status(refresh=False).value),
+            "scheduled_for": when,
+        }
+        if watch:  # JSON lines: this object, then one progress record per update
+            sys.stdout.write(json.dumps(result) + "\n")
+            sys.stdout.flush()
+        else:
+            emit_json(result)
+    else:
+        suffix = f", scheduled for {when}" + (f" (in {delay})" if delay else "") if when else ""
+        console.print(
+            f"enqueued [bold]{jobdef.name}[/] on [cyan]{jobdef.queue}[/] as {rq_job.id}{suffix}"
         )
-        return
-    suffix = f", scheduled for {when}" + (f" (in {delay})" if delay else "") if when else ""
-    console.print(
-        f"enqueued [bold]{jobdef.name}[/] on [cyan]{jobdef.queue}[/] as {rq_job.id}{suffix}"
-    )
+    if watch:
+        from acmeq.commands.progress import watch_jobs
+
+        sys.exit(watch_jobs(cfg, [rq_job.id], as_json=as_json))  # not typer.Exit: see `watch`

@@ -1,4 +1,4 @@
-"""`acmeq job ...`: the registered job functions (and, later, single jobs by id)."""
+"""`acmeq job ...`: the registered job functions, and single jobs by id (cancel)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from acmeq.commands.common import console, emit_json, settings
+from acmeq.commands.progress import AsUser, database, fmt_done, viewer_for
 from acmeq.queues import registry_for
 
 app = typer.Typer(help="Registered job functions and single jobs.", no_args_is_help=True)
@@ -31,3 +32,67 @@ def list_jobs(
     for j in jobs:
         table.add_row(j.name, j.queue, j.path, j.description)
     console.print(table)
+
+
+@app.command("cancel")
+def cancel(
+    job_id: Annotated[str, typer.Argument(help="Id of the job to cancel.")],
+    grace: Annotated[
+        float,
+        typer.Option(
+            "--grace",
+            min=0,
+            help="Seconds a running job has to reach a checkpoint (and clean up) before it is "
+            "stopped by force.",
+        ),
+    ] = 10.0,
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="Request the cancellation and return at once.")
+    ] = False,
+    as_user: AsUser = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Cancel a job: a queued one is removed from its queue; a running one stops at its next
+    progress checkpoint (its cleanup runs), or by force after the grace period. Never retried.
+    """
+    from acmeq.progress_control import cancel_job
+    from acmeq.redis import connect_checked
+
+    cfg = settings()
+    engine = database(cfg)
+    viewer = viewer_for(engine, as_user)
+    outcome = cancel_job(
+        engine, connect_checked(cfg), viewer, job_id, grace=grace, wait=not no_wait
+    )
+    if as_json:
+        emit_json(outcome.as_dict())
+        return
+    done = f" after {fmt_done(outcome.record)} items" if outcome.record is not None else ""
+    line = {
+        "dequeued": f"job {job_id} cancelled before it ran (removed from its queue)",
+        "checkpoint": f"job {job_id} cancelled at a checkpoint{done}",
+        "forced": f"job {job_id} stopped after the {grace:g} s grace period{done}",
+        "requested": f"cancellation of job {job_id} requested: it stops at its next checkpoint, "
+        f"or by force in {grace:g} s",
+        "already": f"job {job_id} was already cancelled",
+    }[outcome.how]
+    console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command("show")
+def show(
+    job_id: Annotated[str, typer.Argument(metavar="ID", help="The job's id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """One job: status, queue, function, arguments (personal data masked), times, result or
+    exception, retries left, worker. An unknown id exits 1."""
+    from acmeq.commands.failed import print_detail
+    from acmeq.jobview import job_detail
+    from acmeq.redis import connect_checked
+
+    cfg = settings()
+    detail = job_detail(cfg, connect_checked(cfg), job_id)
+    if as_json:
+        emit_json(detail.as_dict())
+        return
+    print_detail(detail)

@@ -1,4 +1,4 @@
-"""`acmeq queue list`: the queue catalog with live counts."""
+"""`acmeq queue ...`: the queue catalog with live counts, and queue control."""
 
 from __future__ import annotations
 
@@ -8,19 +8,20 @@ import typer
 from rich.table import Table
 
 from acmeq.commands.common import console, emit_json, settings
-from acmeq.queues import queue_counts
+from acmeq.commands.failed import DryRunOpt, JsonOpt, YesOpt, confirm
+from acmeq.queue_control import clear_queue, pause_queue, queue_overview
 from acmeq.redis import connect_checked
 
 app = typer.Typer(help="The queue catalog and queue control.", no_args_is_help=True)
 
+QueueArg = Annotated[str, typer.Argument(metavar="QUEUE", help="A queue of the catalog.")]
+
 
 @app.command("list")
-def list_queues(
-    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
-) -> None:
-    """Show every queue: priority, timeout, tries, memory, retry delays and job counts."""
+def list_queues(as_json: JsonOpt = False) -> None:
+    """Show every queue: priority, timeout, tries, memory, retry delays, job counts, paused."""
     cfg = settings()
-    rows = queue_counts(cfg, connect_checked(cfg))
+    rows = queue_overview(cfg, connect_checked(cfg))
     if as_json:
         emit_json(rows)
         return
@@ -35,6 +36,7 @@ def list_queues(
         "scheduled",
         "started",
         "failed",
+        "paused",
         box=None,
         pad_edge=False,
     )
@@ -50,5 +52,62 @@ def list_queues(
             str(r["scheduled"]),
             str(r["started"]),
             str(r["failed"]),
+            "[yellow]paused[/]" if r["paused"] else "-",
         )
     console.print(table)
+
+
+@app.command()
+def clear(
+    queue: QueueArg,
+    dry_run: DryRunOpt = False,
+    yes: YesOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete every job waiting in QUEUE (running, scheduled and failed jobs are kept).
+
+    Asks for confirmation on a terminal; elsewhere pass --yes.
+    """
+    cfg = settings()
+    conn = connect_checked(cfg)
+    waiting = clear_queue(cfg, conn, queue, dry_run=True)
+    if dry_run:
+        if as_json:
+            emit_json({"queue": queue, "dry_run": True, "deleted": 0, "would_delete": waiting})
+        else:
+            console.print(
+                f"would delete {waiting} waiting job{'' if waiting == 1 else 's'} from queue "
+                f"{queue} (running, scheduled and failed jobs are kept)"
+            )
+        return
+    if waiting:
+        jobs = f"{waiting} waiting job{'' if waiting == 1 else 's'}"
+        confirm(
+            f"Delete {jobs} from queue {queue}?", yes, f"refusing to clear queue {queue!r} ({jobs})"
+        )
+    deleted = clear_queue(cfg, conn, queue, dry_run=False)
+    if as_json:
+        emit_json({"queue": queue, "dry_run": False, "deleted": deleted})
+        return
+    console.print(f"deleted {deleted} waiting job{'' if deleted == 1 else 's'} from queue {queue}")
+
+
+@app.command()
+def pause(queue: QueueArg, as_json: JsonOpt = False) -> None:
+    """Stop workers taking jobs from QUEUE, cluster-wide; running jobs finish."""
+    _pause(queue, True, as_json)
+
+
+@app.command()
+def resume(queue: QueueArg, as_json: JsonOpt = False) -> None:
+    """Let workers take jobs from QUEUE again."""
+    _pause(queue, False, as_json)
+
+
+def _pause(queue: str, paused: bool, as_json: bool) -> None:
+    cfg = settings()
+    name = pause_queue(cfg, connect_checked(cfg), queue, paused)
+    if as_json:
+        emit_json({"queue": name, "paused": paused})
+        return
+    console.print(f"{'paused' if paused else 'resumed'} queue {name}")
