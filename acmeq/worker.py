@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -30,7 +29,6 @@ import socket
 import sys
 import threading
 import time
-import traceback
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,7 +39,6 @@ from uuid import uuid4
 import psutil
 import redis
 from rq import SimpleWorker
-from rq.defaults import UNSERIALIZABLE_RETURN_VALUE_PAYLOAD
 from rq.executions import Execution
 from rq.job import JobStatus
 from rq.serializers import JSONSerializer
@@ -54,6 +51,14 @@ from acmeq.constants import PAUSED_QUEUE_KEY, PAUSED_SUPERVISOR_KEY, WorkerExit
 from acmeq.fastpath import STATS_KEY, FastPath, Started, encode_result, needs_slow_path
 from acmeq.queues import AcmeqJob
 from acmeq.redis import text
+from acmeq.worker_support import (
+    cancel_requested,
+    end_progress,
+    format_exc,
+    job_name,
+    raise_in_thread,
+    run_horse,
+)
 
 log = logging.getLogger("acmeq.worker")
 
@@ -147,6 +152,7 @@ class AcmeqWorker(SimpleWorker):
         self._lock = threading.Lock()
         self._running: dict[str, _Running] = {}  # execution id -> running job
         self._memory_reason = ""  # set by the watchdog when it killed a forked job for memory
+        self._force_stop: set[str] = set()  # jobs being stopped by force after a cancel
 
     # -- lifecycle ---------------------------------------------------------------------------
     def run(self) -> WorkerExit:
@@ -200,7 +206,7 @@ class AcmeqWorker(SimpleWorker):
         main = threading.main_thread().ident
         for item in running:
             if item.performing and item.thread_id != main:
-                _raise_in_thread(item.thread_id, ShutdownInterrupt)
+                raise_in_thread(item.thread_id, ShutdownInterrupt)
         if self._horse_pid:
             with contextlib.suppress(OSError):
                 os.kill(self._horse_pid, signal.SIGKILL)  # fork: the parent records the failure
@@ -372,7 +378,7 @@ class AcmeqWorker(SimpleWorker):
                     return "ok", job.perform()
             return "ok", job.perform()  # threads: the watchdog enforces the deadline
         except Exception:
-            return "failed", _format_exc()
+            return "failed", format_exc()
         finally:
             item.performing = False
 
@@ -380,7 +386,7 @@ class AcmeqWorker(SimpleWorker):
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:  # child: run the job, report through the pipe, never return
-            _run_horse(job, read_fd, write_fd)
+            run_horse(job, read_fd, write_fd)
         os.close(write_fd)
         self._horse_pid = pid
         deadline = time.monotonic() + timeout if timeout > 0 else None
@@ -395,6 +401,10 @@ class AcmeqWorker(SimpleWorker):
                         f"JobTimeoutException: Task exceeded maximum timeout "
                         f"value ({timeout} seconds)"
                     )
+                if self._fast_stop or job.id in self._force_stop:
+                    # A fast stop or a forced cancel that raced the fork: end the horse now.
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
                 ready, _, _ = select.select([pipe], [], [], 0.2)
                 if ready:
                     chunk = pipe.read()
@@ -405,6 +415,8 @@ class AcmeqWorker(SimpleWorker):
         raw = b"".join(chunks)
         if self._memory_reason:
             return "memory", self._memory_reason
+        if not raw and job.id in self._force_stop:
+            return "failed", "JobCancelled: stopped by force after the cancel grace period"
         if not raw:
             return "failed", f"work horse died unexpectedly (wait status {status})"
         reply = json.loads(raw)
@@ -417,7 +429,10 @@ class AcmeqWorker(SimpleWorker):
         job._status = JobStatus.FAILED
         if job.ended_at is None:
             job.ended_at = datetime.now(UTC)
-        if not retry:
+        cancelled = job.id in self._force_stop or cancel_requested(self.connection, job.id)
+        if not retry or cancelled:
+            # A cancelled job must not come back (a forked job's own retries_left = 0 never
+            # reaches this process, so the cancel flag decides here).
             job.retries_left = 0
         self.handle_job_failure(job, self.queue_obj, exc_string=exc_string, execution=execution)
         runtime = (job.ended_at - job.started_at).total_seconds() if job.started_at else 0.0
@@ -434,11 +449,26 @@ class AcmeqWorker(SimpleWorker):
         )
         pipe.execute()
         if job.get_status(refresh=False) == JobStatus.FAILED:
-            failures.record_permanent(self.settings, job, exc_string, job_name(job))
+            if cancelled:
+                end_progress(
+                    self.settings, self.connection, job.id, "cancelled", "cancelled by an operator"
+                )
+            else:
+                failures.record_permanent(self.settings, job, exc_string, job_name(job))
+                # A killed horse or a forced stop never wrote its tracker's final state.
+                end_progress(
+                    self.settings,
+                    self.connection,
+                    job.id,
+                    "failed",
+                    failures.exception_line(exc_string),
+                )
+        self._force_stop.discard(job.id)
 
     # -- watchdog: heartbeats, deadlines (threads), hard memory limit ---------------------------
     def _watchdog(self) -> None:
         last_beat = 0.0
+        last_cancel_check = 0.0
         while not (self._stop.is_set() and not self._running):
             now = time.monotonic()
             if now - last_beat >= HEARTBEAT_S:
@@ -446,6 +476,10 @@ class AcmeqWorker(SimpleWorker):
                 with contextlib.suppress(redis.RedisError):
                     self._heartbeat_all()
             self._enforce_deadlines(now)
+            if now - last_cancel_check >= 1.0:
+                last_cancel_check = now
+                with contextlib.suppress(redis.RedisError):
+                    self._enforce_cancels()
             if self.opts.memory_mb:
                 self._enforce_memory()
             time.sleep(WATCHDOG_S)
@@ -482,7 +516,24 @@ class AcmeqWorker(SimpleWorker):
             ]
         for item in overdue:
             item.deadline = 0.0
-            _raise_in_thread(item.thread_id, JobTimeoutException)
+            raise_in_thread(item.thread_id, JobTimeoutException)
+
+    def _enforce_cancels(self) -> None:
+        """Stop running jobs whose cancel grace period is over (`acmeq job cancel`)."""
+        with self._lock:
+            running = {r.job.id: r for r in self._running.values()}
+        if not running:
+            return
+        from acmeq.progress import JobCancelled, stop_requested
+
+        for job_id in stop_requested(self.connection, running) - self._force_stop:
+            item = running[job_id]
+            self._force_stop.add(job_id)
+            log.warning("job %s did not reach a progress checkpoint in time: stopping it", job_id)
+            if self._horse_pid:
+                continue  # fork: the parent's wait loop kills the horse
+            if item.performing:
+                raise_in_thread(item.thread_id, JobCancelled)
 
     def _enforce_memory(self) -> None:
         rss = self._rss_mb()
@@ -508,56 +559,6 @@ class AcmeqWorker(SimpleWorker):
         with contextlib.suppress(redis.RedisError):
             self.register_death()
         os._exit(int(WorkerExit.MEMORY_LIMIT))
-
-
-def _run_horse(job: AcmeqJob, read_fd: int, write_fd: int) -> None:
-    """The forked child: run the job, send the outcome through the pipe, exit."""
-    code = 0
-    try:
-        os.close(read_fd)
-        # Die with the worker (the kernel clears the parent-death signal on fork): a job must
-        # never outlive the worker that the master will declare dead and whose job it retries.
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() == 1:
-            os._exit(1)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            value = job.perform()
-            try:
-                data = json.dumps({"ok": True, "value": value}).encode()
-            except (TypeError, ValueError):
-                data = json.dumps(
-                    {"ok": True, "value": UNSERIALIZABLE_RETURN_VALUE_PAYLOAD}
-                ).encode()
-        except BaseException:
-            data = json.dumps({"ok": False, "value": _format_exc()}).encode()
-        with os.fdopen(write_fd, "wb") as pipe:
-            pipe.write(data)
-    except BaseException:
-        code = 1
-    finally:
-        os._exit(code)
-
-
-def job_name(job: AcmeqJob) -> str:
-    """The registered name of a job's function (its RQ description is that name when acmeq
-    enqueued it; anything else falls back to the function path)."""
-    from acmeq.queues import _process_registry
-
-    try:
-        return _process_registry().by_path(job.func_name).name
-    except Exception:
-        return job.func_name or "?"
-
-
-def _raise_in_thread(thread_id: int, exc: type[BaseException]) -> None:
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc))
-
-
-def _format_exc() -> str:
-    return "".join(traceback.format_exception(*sys.exc_info()))
 
 
 def main(argv: list[str] | None = None) -> int:
