@@ -66,6 +66,7 @@ HEARTBEAT_S = 10.0  # worker/job heartbeat while busy or idle
 IDLE_BLOCK_S = 1  # BLMOVE timeout: bounds how late a pause or stop is noticed while idle
 MEMORY_HARD_FACTOR = 1.15  # a running job beyond limit x this is stopped (watchdog)
 WATCHDOG_S = 0.25
+FORCE_STOP_AFTER_S = 2.0  # after a cancel's grace period, before the worker stops a job itself
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,7 @@ class AcmeqWorker(SimpleWorker):
         self._running: dict[str, _Running] = {}  # execution id -> running job
         self._memory_reason = ""  # set by the watchdog when it killed a forked job for memory
         self._force_stop: set[str] = set()  # jobs being stopped by force after a cancel
+        self._stop_seen: dict[str, float] = {}  # job id -> when its stop request was first seen
 
     # -- lifecycle ---------------------------------------------------------------------------
     def run(self) -> WorkerExit:
@@ -526,14 +528,23 @@ class AcmeqWorker(SimpleWorker):
             return
         from acmeq.progress import JobCancelled, stop_requested
 
+        now = time.monotonic()
         for job_id in stop_requested(self.connection, running) - self._force_stop:
+            # A tracked job is stopped by its own tracker when the grace period ends; the worker
+            # steps in only for a job still running FORCE_STOP_AFTER_S later (an untracked job).
+            first = self._stop_seen.setdefault(job_id, now)
+            if now - first < FORCE_STOP_AFTER_S:
+                continue
             item = running[job_id]
             self._force_stop.add(job_id)
-            log.warning("job %s did not reach a progress checkpoint in time: stopping it", job_id)
+            log.warning("job %s did not stop after its cancel grace period: stopping it", job_id)
             if self._horse_pid:
                 continue  # fork: the parent's wait loop kills the horse
             if item.performing:
                 raise_in_thread(item.thread_id, JobCancelled)
+        for job_id in list(self._stop_seen):
+            if job_id not in running:
+                del self._stop_seen[job_id]
 
     def _enforce_memory(self) -> None:
         rss = self._rss_mb()
