@@ -126,6 +126,10 @@ def run_demo(
     unfinished = _results_table(out, client, ids)
     _campaign_table(out, engine)
     _queue_table(out, cfg, client, "queues after the run")
+    out.line("progress of the tracked job (acmeq progress list):")
+    out.line(_cli(cfg, "progress", "list"))
+    out.line("what ops see (acmeq status):")
+    out.line(_cli(cfg, "status"))
 
     out.step("6. Stop")
     client.close()
@@ -175,6 +179,20 @@ def _run_master(cfg: Settings, client: Any) -> tuple[int, list[tuple[float, int,
     code = proc.wait(timeout=60)
     log.close()
     return code, samples
+
+
+def _cli(cfg: Settings, *args: str) -> str:
+    """Run an acmeq command against the demo's Redis and database; return what it printed."""
+    env = dict(child_env(cfg), COLUMNS="78")
+    done = subprocess.run(
+        [sys.executable, "-m", "acmeq", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    return (done.stdout + done.stderr).rstrip()
 
 
 def _queue_table(out: DemoOutput, cfg: Settings, client: Any, title: str) -> None:

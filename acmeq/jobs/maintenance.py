@@ -29,13 +29,32 @@ def ping(echo: str = "pong") -> dict[str, Any]:
 @job(queue="maintenance")
 def recalculate_campaign_totals(campaign_id: int | None = None) -> dict[str, int]:
     """Recompute campaigns' raised, matched and donation totals from their donations."""
+    import sqlalchemy as sa
+
     from acmeq.config import process_settings
     from acmeq.db import engine_for
+    from acmeq.models import Campaign
+    from acmeq.progress import track
 
-    return recalculate_totals(engine_for(process_settings()), campaign_id)
+    engine = engine_for(process_settings())
+    if campaign_id is not None:
+        return recalculate_totals(engine, [campaign_id])
+    campaigns = Campaign.__table__  # type: ignore[attr-defined]
+    with engine.connect() as conn:
+        ids = [
+            int(i)
+            for i in conn.execute(sa.select(campaigns.c.id).order_by(campaigns.c.id)).scalars()
+        ]
+    updated = 0
+    # In batches, with progress: each batch is one statement, so every campaign's totals are
+    # still read and written atomically.
+    with track(total=len(ids), message="recalculating campaign totals") as progress:
+        for batch in progress.batches(ids, 10):
+            updated += recalculate_totals(engine, batch)["updated"]
+    return {"campaigns": len(ids), "updated": updated}
 
 
-def recalculate_totals(engine: Engine, campaign_id: int | None = None) -> dict[str, int]:
+def recalculate_totals(engine: Engine, campaign_ids: list[int] | None = None) -> dict[str, int]:
     """Set every campaign's totals to the sums over its donations that count.
 
     One UPDATE with correlated sub-queries, so the totals and the donations are read in the same
@@ -61,9 +80,9 @@ def recalculate_totals(engine: Engine, campaign_id: int | None = None) -> dict[s
         donation_count=sa.select(sa.func.count()).where(mine).scalar_subquery(),
         updated_at=datetime.now(UTC),
     )
-    if campaign_id is not None:
-        stmt = stmt.where(campaigns.c.id == campaign_id)
-        before = before.where(campaigns.c.id == campaign_id)
+    if campaign_ids is not None:
+        stmt = stmt.where(campaigns.c.id.in_(campaign_ids))
+        before = before.where(campaigns.c.id.in_(campaign_ids))
     with engine.begin() as conn:
         changed = conn.execute(stmt).rowcount
         count = conn.execute(before).scalar_one()
