@@ -142,6 +142,9 @@ class AcmeqWorker(SimpleWorker):
             settings.metrics_minute_retention,
             settings.metrics_hour_retention,
         )
+        # Every pooled connection carries the worker's name (RQ names only the first), so
+        # `CLIENT LIST` shows which worker holds a blocking BLMOVE or a slow script.
+        connection.connection_pool.connection_kwargs["client_name"] = self.name
         self.queue_obj = self.queues[0]
         self.process = psutil.Process()
         self.started_mono = time.monotonic()

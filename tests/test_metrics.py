@@ -295,7 +295,8 @@ def test_prometheus_endpoint_exposes_depths_counters_and_histograms(
     assert buckets[-1] == (float("inf"), 25)
     assert s["acmeq_job_runtime_seconds_count"][(("queue", "reports"),)] == 25
     le_50ms = dict(buckets)[0.05]
-    assert le_50ms == 20  # the 20 fast runs
+    # the 20 fast runs (a loaded machine may push one past 50 ms), never the 5 slow ones
+    assert 15 <= le_50ms <= 20
     assert 1.0 < s["acmeq_job_runtime_seconds_sum"][(("queue", "reports"),)] < 5.0
     assert s["acmeq_job_runtime_seconds_count"][(("queue", "bulk"),)] == 3
     assert s["acmeq_job_wait_seconds_count"][(("queue", "reports"),)] == 25
