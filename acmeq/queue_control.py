@@ -13,21 +13,14 @@ from rq import Queue
 
 from acmeq import control
 from acmeq.config import Settings
-from acmeq.constants import PAUSED_QUEUE_KEY
 from acmeq.queues import queue_counts, queue_spec
 
 CLEAR_CHUNK = 1000  # queued jobs deleted per Lua call: Redis is never blocked for long
 
 
 def queue_overview(settings: Settings, connection: redis.Redis) -> list[dict[str, Any]]:
-    """The catalog with job counts and whether each queue is paused (two round trips)."""
-    rows = queue_counts(settings, connection)
-    pipe = connection.pipeline(transaction=False)
-    for row in rows:
-        pipe.exists(PAUSED_QUEUE_KEY.format(queue=row["name"]))
-    for row, paused in zip(rows, pipe.execute(), strict=True):
-        row["paused"] = bool(paused)
-    return rows
+    """The catalog with job counts and whether each queue is paused (one round trip)."""
+    return queue_counts(settings, connection)
 
 
 def pause_queue(settings: Settings, connection: redis.Redis, queue: str, paused: bool) -> str:

@@ -31,6 +31,7 @@ from rq.serializers import JSONSerializer
 from rq.utils import now, utcformat
 
 from acmeq.config import QueueSpec, Settings, process_settings
+from acmeq.constants import PAUSED_QUEUE_KEY
 from acmeq.errors import JobArgumentError, UnknownQueueError
 from acmeq.registry import JobDef, JobRegistry, load_registry
 
@@ -275,7 +276,7 @@ def enqueue_many(calls: Iterable[JobCall]) -> list[str]:
 
 
 def queue_counts(settings: Settings, connection: redis.Redis) -> list[dict[str, Any]]:
-    """The catalog with each queue's job counts, read in one pipelined round trip."""
+    """The catalog with each queue's job counts and paused flag, in one pipelined round trip."""
     specs = catalog(settings)
     pipe = connection.pipeline(transaction=False)
     for spec in specs:
@@ -283,10 +284,11 @@ def queue_counts(settings: Settings, connection: redis.Redis) -> list[dict[str, 
         pipe.llen(Queue.redis_queue_namespace_prefix + spec.name)
         for registry in (ScheduledJobRegistry, StartedJobRegistry, FailedJobRegistry):
             pipe.zcard(registry.key_template.format(spec.name))
+        pipe.exists(PAUSED_QUEUE_KEY.format(queue=spec.name))
     counts = pipe.execute()
     rows = []
     for i, spec in enumerate(specs):
-        ready, scheduled, started, failed = counts[4 * i : 4 * i + 4]
+        ready, scheduled, started, failed, paused = counts[5 * i : 5 * i + 5]
         rows.append(
             {
                 "name": spec.name,
@@ -299,6 +301,7 @@ def queue_counts(settings: Settings, connection: redis.Redis) -> list[dict[str, 
                 "scheduled": scheduled,
                 "started": started,
                 "failed": failed,
+                "paused": bool(paused),
             }
         )
     return rows

@@ -479,13 +479,22 @@ class Master:
         pipe = self.connection.pipeline(transaction=False)
         for _pool, child in children:
             pipe.smembers(f"rq:worker:{child.name}:executions")
+        running = [
+            (pool, child, composite)
+            for (pool, child), composites in zip(children, pipe.execute(), strict=True)
+            for composite in composites
+        ]
+        if not running:
+            return
+        # Every registry score in one round trip, not one ZSCORE per running job.
+        pipe = self.connection.pipeline(transaction=False)
+        for pool, _child, composite in running:
+            pipe.zscore(f"rq:wip:{pool.queue.name}", composite)
         now = time.time()
-        for (pool, child), composites in zip(children, pipe.execute(), strict=True):
-            for composite in composites:
-                score = self.connection.zscore(f"rq:wip:{pool.queue.name}", composite)
-                if score is not None and now > score + OVERRUN_GRACE_S:
-                    log.error("worker %s overran its job's timeout: killing it", child.name)
-                    self._signal(child, signal.SIGKILL)
+        for (_pool, child, _composite), score in zip(running, pipe.execute(), strict=True):
+            if score is not None and now > score + OVERRUN_GRACE_S:
+                log.error("worker %s overran its job's timeout: killing it", child.name)
+                self._signal(child, signal.SIGKILL)
 
     def snapshot(self) -> dict[str, Any]:
         sups = []

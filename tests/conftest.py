@@ -13,8 +13,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import redis
@@ -50,6 +51,21 @@ _FOREIGN_ENV = [
     "QUEUE_MONITORING_ENABLED",
     "QUEUE_ALERT_EMAIL",
 ]
+
+
+T = TypeVar("T")
+
+
+def wait_until(what: str, check: Callable[[], T], timeout: float = 30.0, every: float = 0.05) -> T:
+    """Poll ``check`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for: {what} (last value {value!r})")
+        time.sleep(every)
 
 
 def free_port() -> int:

@@ -39,7 +39,7 @@ from acmeq.fastpath import STATS_KEY
 from acmeq.queues import Enqueuer, JobCall
 from acmeq.worker import WorkerOptions
 
-from conftest import free_port, run_cli
+from conftest import free_port, run_cli, wait_until
 
 TESTS = Path(__file__).resolve().parent
 T = TypeVar("T")
@@ -86,17 +86,6 @@ balance = "off"
 min_processes = 1
 max_processes = 1
 """
-
-
-def wait_until(what: str, check: Callable[[], T], timeout: float = 30.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for: {what} (last value {value!r})")
-        time.sleep(0.05)
 
 
 # -- real servers ---------------------------------------------------------------------------------

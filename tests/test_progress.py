@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from io import StringIO
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psutil
 import pytest
@@ -38,25 +38,13 @@ from acmeq.queues import AcmeqJob, Enqueuer
 from acmeq.recovery import recover_dead_worker
 from acmeq.worker import WorkerOptions
 
-from conftest import run_cli
+from conftest import run_cli, wait_until
 
 TESTS = Path(__file__).resolve().parent
 MODES = ["inline", "threads", "fork"]
-T = TypeVar("T")
 
 
 # -- helpers -------------------------------------------------------------------------------------
-
-
-def wait_until(what: str, check: Callable[[], T], timeout: float = 30.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for: {what} (last value {value!r})")
-        time.sleep(0.05)
 
 
 class Worker:

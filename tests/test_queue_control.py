@@ -13,8 +13,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -26,7 +24,7 @@ from acmeq.queue_control import CLEAR_CHUNK
 from acmeq.queues import Enqueuer, JobCall
 from acmeq.worker import WorkerOptions
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, wait_until
 
 TESTS = ROOT / "tests"
 
@@ -228,13 +226,6 @@ def stop(worker: subprocess.Popen[bytes]) -> None:
         worker.wait(timeout=10)
 
 
-def wait_for(what: str, check: Callable[[], object], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for: {what}"
-        time.sleep(0.05)
-
-
 @pytest.mark.timeout(120)
 def test_rq_info_shows_acmeq_queues_with_their_counts_and_workers(
     enqueuer: Enqueuer, redis_client: redis.Redis, redis_url: str
@@ -248,9 +239,11 @@ def test_rq_info_shows_acmeq_queues_with_their_counts_and_workers(
     worker = start_live_worker("payments")
     name = f"live.{worker.pid}"
     try:
-        wait_for("registration", lambda: redis_client.sismember("rq:workers", f"rq:worker:{name}"))
+        wait_until(
+            "registration", lambda: redis_client.sismember("rq:workers", f"rq:worker:{name}")
+        )
         enqueuer.enqueue("add", 1, 2)
-        wait_for("the job", lambda: redis_client.zcard("rq:finished:payments") == 1)
+        wait_until("the job", lambda: redis_client.zcard("rq:finished:payments") == 1)
 
         # When RQ's own CLI reads acmeq's Redis
         info = rq_info(redis_url)
@@ -281,7 +274,9 @@ def test_rq_info_shows_a_fresh_worker_as_idle(redis_client: redis.Redis, redis_u
     worker = start_live_worker("payments")
     name = f"live.{worker.pid}"
     try:
-        wait_for("registration", lambda: redis_client.sismember("rq:workers", f"rq:worker:{name}"))
+        wait_until(
+            "registration", lambda: redis_client.sismember("rq:workers", f"rq:worker:{name}")
+        )
         assert re.search(rf"^worker {re.escape(name)} \(.*\) idle ", rq_info(redis_url), re.M)
     finally:
         stop(worker)

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from acmeq.config import Settings
 from acmeq.queues import Enqueuer, JobCall
 from acmeq.worker import WorkerOptions
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, wait_until
 
 TESTS = Path(__file__).resolve().parent
 
@@ -58,15 +58,6 @@ def run_burst_workers(queues: list[str], tmp_path: Path) -> None:
     ]
     for proc in procs:
         assert proc.wait(60) == 0, (tmp_path / "w.log").read_text()
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for: {what}")
-        time.sleep(0.05)
-    return value
 
 
 @pytest.fixture

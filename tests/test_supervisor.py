@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psutil
 import pytest
@@ -34,10 +34,9 @@ from acmeq import control
 from acmeq.config import Settings
 from acmeq.queues import AcmeqJob, Enqueuer, JobCall
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, wait_until
 
 TESTS = Path(__file__).resolve().parent
-T = TypeVar("T")
 
 # Profiles of these tests. Queues keep the catalog's tries (reports 3, exports 2, notifications 3,
 # payments 5, bulk 1) with backoffs of a second, so retries happen within a test.
@@ -182,18 +181,6 @@ cooldown = 0.5
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-def wait_until(what: str, check: Callable[[], T], timeout: float = 30.0, every: float = 0.05) -> T:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for: {what} (last value {value!r})")
-        time.sleep(every)
 
 
 def alive(proc: psutil.Process) -> bool:

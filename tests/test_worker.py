@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psutil
 import pytest
@@ -34,24 +34,13 @@ from acmeq.constants import PAUSED_QUEUE_KEY, WorkerExit
 from acmeq.queues import AcmeqJob, Enqueuer, JobCall
 from acmeq.worker import WorkerOptions
 
+from conftest import wait_until
+
 TESTS = Path(__file__).resolve().parent
 MODES = ["inline", "threads", "fork"]
-T = TypeVar("T")
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-
-
-def wait_until(what: str, check: Callable[[], T], timeout: float = 20.0) -> T:
-    """Poll ``check`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for: {what} (last value {value!r})")
-        time.sleep(0.05)
 
 
 def options(queue: str, mode: str = "inline", **kwargs: Any) -> WorkerOptions:
