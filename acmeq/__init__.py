@@ -12,7 +12,7 @@ The public API a platform team uses::
 
 from __future__ import annotations
 
-from acmeq.registry import job
+from acmeq.allowlist import job
 
 # Kept in step with pyproject.toml by tests/test_cli.py (importlib.metadata costs ~25 ms of
 # start-up on every command).

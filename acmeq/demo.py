@@ -21,9 +21,9 @@ from typing import Any, Protocol
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from acmeq.config import RedisSettings, Settings
+from acmeq.config.settings import RedisSettings, Settings
 from acmeq.queues import Enqueuer, JobCall, queue_counts
-from acmeq.redis import EmbeddedRedis, connect_checked, describe, server_info
+from acmeq.storage.redis_client import EmbeddedRedis, connect_checked, describe, server_info
 
 PINGS = 2_000
 
@@ -72,7 +72,8 @@ def run_demo(
     keep_redis: bool = False,
 ) -> int:
     """Run every demo step; return the number of jobs that did not finish."""
-    from acmeq import db, seed
+    from acmeq.storage import seed
+    from acmeq.storage import sql as db
 
     cfg = demo_settings(settings)
     out.step("1. Database: migrations and demo data")
@@ -240,7 +241,7 @@ def _results_table(out: DemoOutput, client: Any, ids: list[str]) -> int:
 def _count_campaigns(engine: Any) -> int:
     import sqlalchemy as sa
 
-    from acmeq.models import Campaign
+    from acmeq.storage.models import Campaign
 
     with engine.connect() as conn:
         return int(conn.execute(sa.select(sa.func.count()).select_from(Campaign)).scalar_one())

@@ -64,11 +64,11 @@ import redis
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from acmeq import progress_store as store
-from acmeq.config import Settings, process_settings
+from acmeq.config.settings import Settings, process_settings
 from acmeq.errors import UsageError
-from acmeq.models import JobStatus
-from acmeq.progress_redis import (
+from acmeq.storage.models import JobStatus
+from acmeq.tracking import store
+from acmeq.tracking.live import (
     CANCEL_CHANNEL,
     DEFAULT_GRACE_S,
     FORCED_NOTE,
@@ -83,7 +83,7 @@ from acmeq.progress_redis import (
     stop_requested,
     stop_running_job,
 )
-from acmeq.progress_store import (
+from acmeq.tracking.store import (
     ProgressRecord,
     create_pending,
     mark_abandoned,
@@ -609,7 +609,7 @@ def track(
         if rq_job is not None:
             connection = rq_job.connection
         else:
-            from acmeq.redis import connect
+            from acmeq.storage.redis_client import connect
 
             connection = connect(settings or process_settings())
     if engine is None:

@@ -7,7 +7,7 @@ and rq-dashboard read them; acmeq only changes *how* they get there:
   delays), result and failure TTLs, and is serialized as JSON (never pickle);
 - :meth:`Enqueuer.enqueue` sends a job in one transactional round trip where ``Queue.enqueue``
   takes two, and :meth:`Enqueuer.enqueue_many` pipelines hundreds of jobs per round trip;
-- only declared jobs (see :mod:`acmeq.registry`) can be enqueued, and :class:`AcmeqJob` refuses
+- only declared jobs (see :mod:`acmeq.allowlist`) can be enqueued, and :class:`AcmeqJob` refuses
   to execute anything else.
 """
 
@@ -30,10 +30,10 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegis
 from rq.serializers import JSONSerializer
 from rq.utils import now, utcformat
 
-from acmeq.config import QueueSpec, Settings, process_settings
+from acmeq.allowlist import JobDef, JobRegistry, load_registry
+from acmeq.config.settings import QueueSpec, Settings, process_settings
 from acmeq.constants import PAUSED_QUEUE_KEY
 from acmeq.errors import JobArgumentError, UnknownQueueError
-from acmeq.registry import JobDef, JobRegistry, load_registry
 
 # Jobs per pipeline in enqueue_many: large enough to amortise the round trip, small enough that
 # one MULTI/EXEC does not hold Redis for long or build a huge reply in memory.
@@ -258,7 +258,7 @@ _default: Enqueuer | None = None
 def default_enqueuer() -> Enqueuer:
     global _default
     if _default is None:
-        from acmeq.redis import connect
+        from acmeq.storage.redis_client import connect
 
         settings = Settings.from_env()
         _default = Enqueuer(settings, connect(settings))

@@ -2,7 +2,7 @@
 
 Modelled on gunicorn's Arbiter: signal handlers only queue the signal and wake the loop; the
 loop reaps exited workers, respawns them (with backoff after crashes), balances the pools through
-:mod:`acmeq.autoscale`, retires the oldest workers first, runs registry maintenance and RQ's
+:mod:`acmeq.master.autoscale`, retires the oldest workers first, runs registry maintenance and RQ's
 scheduler for every queue it serves, and publishes its state to Redis for `acmeq worker list`.
 
 Signals: SIGTERM graceful stop (workers finish their jobs), a second SIGTERM or SIGINT fast stop
@@ -32,13 +32,15 @@ from typing import Any
 import psutil
 import redis
 
-from acmeq import alerts, autoscale, control, recovery
-from acmeq.config import ProfileSpec, QueueSpec, Settings, SupervisorSpec
+from acmeq.config.settings import ProfileSpec, QueueSpec, Settings, SupervisorSpec
 from acmeq.constants import WorkerExit
 from acmeq.errors import UsageError
-from acmeq.fastpath import STATS_KEY
-from acmeq.redis import text
-from acmeq.worker import WorkerOptions
+from acmeq.master import autoscale, control
+from acmeq.observability.alerts import engine as alerts
+from acmeq.storage.redis_client import text
+from acmeq.worker import recovery
+from acmeq.worker.fastpath import STATS_KEY
+from acmeq.worker.process import WorkerOptions
 
 log = logging.getLogger("acmeq.master")
 

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import redis
 
-from acmeq.redis import find_redis_server
+from acmeq.storage.redis_client import find_redis_server
 
 
 @contextmanager

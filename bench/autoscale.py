@@ -59,7 +59,7 @@ def run_variant(
     profile: str, jobs: int, env: dict[str, str], client: redis.Redis, cwd: Path
 ) -> list[tuple[float, int, int]]:
     """Start a master, wait for its minimum pool, drop the burst, sample until settled."""
-    from acmeq.config import Settings
+    from acmeq.config.settings import Settings
     from acmeq.queues import Enqueuer, JobCall
 
     client.flushdb()

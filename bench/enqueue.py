@@ -43,7 +43,7 @@ def main() -> None:
 
     with private_redis() as url:
         os.environ["REDIS_URL"] = url
-        from acmeq.config import Settings
+        from acmeq.config.settings import Settings
         from acmeq.jobs.maintenance import ping
         from acmeq.queues import Enqueuer, JobCall
 

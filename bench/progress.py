@@ -45,9 +45,9 @@ TARGET_PCT = 10.0
 def in_process(items: int, rounds: int, client: redis.Redis) -> dict[str, Any]:
     from progress_jobs import rows
 
-    from acmeq.config import process_settings
-    from acmeq.db import engine_for
+    from acmeq.config.settings import process_settings
     from acmeq.progress import channel, track
+    from acmeq.storage.sql import engine_for
 
     engine = engine_for(process_settings())
     plain: list[dict[str, float]] = []
@@ -71,9 +71,9 @@ def in_process(items: int, rounds: int, client: redis.Redis) -> dict[str, Any]:
 
 
 def in_worker(items: int, rounds: int, client: redis.Redis, env: dict[str, str]) -> dict[str, Any]:
-    from acmeq.config import Settings
+    from acmeq.config.settings import Settings
     from acmeq.queues import AcmeqJob, Enqueuer
-    from acmeq.worker import WorkerOptions
+    from acmeq.worker.process import WorkerOptions
 
     enqueuer = Enqueuer(Settings.load(), client)
     opts = WorkerOptions(queue="bulk", mode="inline", name="bench", burst=True)
@@ -83,7 +83,7 @@ def in_worker(items: int, rounds: int, client: redis.Redis, env: dict[str, str])
     jobs = [enqueuer.enqueue(name, n, tracked) for name, n, tracked in calls]
     started = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "acmeq.worker", opts.to_json()],
+        [sys.executable, "-m", "acmeq.worker.process", opts.to_json()],
         env=env,
         capture_output=True,
         text=True,
@@ -96,9 +96,9 @@ def in_worker(items: int, rounds: int, client: redis.Redis, env: dict[str, str])
     results = [AcmeqJob.fetch(j.id, connection=client).return_value() for j in jobs[1:]]
     tracked = results[0::2]
     plain = results[1::2]
-    from acmeq.config import process_settings
-    from acmeq.db import engine_for
-    from acmeq.progress_store import get
+    from acmeq.config.settings import process_settings
+    from acmeq.storage.sql import engine_for
+    from acmeq.tracking.store import get
 
     final = get(engine_for(process_settings()), jobs[1].id)
     assert final is not None and final.processed == items, final
@@ -146,8 +146,8 @@ def main() -> None:
             "PYTHONPATH": os.pathsep.join(p for p in (str(BENCH), env.get("PYTHONPATH")) if p),
         }
         os.environ.update(env)
-        from acmeq import db
-        from acmeq.config import process_settings
+        from acmeq.config.settings import process_settings
+        from acmeq.storage import sql as db
 
         db.upgrade(db.engine_for(process_settings()))
         client = redis.Redis.from_url(url)

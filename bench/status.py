@@ -10,7 +10,7 @@ One private redis-server is filled with:
   registries (``rq:failed:<queue>``, scored with the failure TTL as RQ does). RQ would also write
   a result stream entry per failure; neither command reads it, so it is left out.
 - 50 RQ workers registered by RQ's own ``Worker.register_birth`` (half of them busy), and one
-  master snapshot naming them, published with ``acmeq.control.publish``.
+  master snapshot naming them, published with ``acmeq.master.control.publish``.
 - five minute buckets of metrics for every queue and 20 job functions, and two active alerts.
 
 Then ``acmeq status``, ``acmeq status --json`` and ``rq info`` run as subprocesses (Python start-up
@@ -48,7 +48,7 @@ SHARE = {  # fraction of the ready jobs per queue
 
 
 def fill_jobs(client: redis.Redis, ready: int, failed: int) -> None:
-    from acmeq.config import Settings
+    from acmeq.config.settings import Settings
     from acmeq.queues import Enqueuer, JobCall
 
     settings = Settings.load()
@@ -111,7 +111,7 @@ def fill_workers(client: redis.Redis, workers: int) -> list[tuple[str, str]]:
 
 
 def publish_master(client: redis.Redis, workers: list[tuple[str, str]]) -> None:
-    from acmeq import control
+    from acmeq.master import control
 
     groups = {"supervisor-1": ["payments", "notifications"]}
     groups["supervisor-2"] = ["exports", "reports", "bulk", "maintenance"]
@@ -140,7 +140,7 @@ def publish_master(client: redis.Redis, workers: list[tuple[str, str]]) -> None:
 
 
 def fill_metrics(client: redis.Redis) -> None:
-    from acmeq.metrics import BUCKET_LABELS, MINUTE_KEY
+    from acmeq.observability.metrics import BUCKET_LABELS, MINUTE_KEY
 
     now = int(time.time() // 60) * 60
     pipe = client.pipeline(transaction=False)
@@ -183,9 +183,9 @@ def fill_alerts(client: redis.Redis) -> None:
 # command costs apart from the CLI's own start-up (every command group imported, Typer's
 # parameter coercion through pydantic).
 LEAN = """
-from acmeq.config import Settings
-from acmeq.redis import connect_checked
-from acmeq.status import collect
+from acmeq.config.settings import Settings
+from acmeq.storage.redis_client import connect_checked
+from acmeq.observability.status import collect
 from acmeq.commands.status import render
 from acmeq.commands.common import console
 s = Settings.load()
@@ -209,9 +209,9 @@ def best_of(rounds: int, argv: list[str], env: dict[str, str]) -> tuple[float, s
 
 def _collect_time(url: str, rounds: int) -> float:
     """The data part alone: status.collect() in this process, best of ``rounds``."""
-    from acmeq.config import Settings
-    from acmeq.redis import connect_checked
-    from acmeq.status import collect
+    from acmeq.config.settings import Settings
+    from acmeq.observability.status import collect
+    from acmeq.storage.redis_client import connect_checked
 
     settings = Settings.load()
     client = connect_checked(settings)

@@ -127,7 +127,7 @@ class AcmeqAdapter:
     def __init__(self, system: System, url: str) -> None:
         import bench_jobs
 
-        from acmeq.config import Settings
+        from acmeq.config.settings import Settings
         from acmeq.queues import Enqueuer
 
         self.system = system
@@ -146,13 +146,13 @@ class AcmeqAdapter:
         self.enqueuer.enqueue(f"bench_{kind}", *args)
 
     def commands(self) -> list[list[str]]:
-        from acmeq.worker import WorkerOptions
+        from acmeq.worker.process import WorkerOptions
 
         return [
             [
                 sys.executable,
                 "-m",
-                "acmeq.worker",
+                "acmeq.worker.process",
                 WorkerOptions(
                     queue=self.queue,
                     mode=self.system.mode,

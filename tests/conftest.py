@@ -20,7 +20,7 @@ from typing import TypeVar
 import pytest
 import redis
 
-from acmeq.redis import find_redis_server
+from acmeq.storage.redis_client import find_redis_server
 
 pytest_plugins = ["db_support"]
 

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session
 
-from acmeq import db
+from acmeq.storage import sql as db
 
 POSTGRES_ENV = "ACMEQ_TEST_DATABASE_URL"
 

@@ -1,7 +1,8 @@
 """Alerts: rules measured on a real Redis, notices to a real SMTP server and a real HTTP webhook.
 
 The SMTP server is aiosmtpd on loopback, the webhook a stdlib HTTP server on loopback; both record
-what they receive. Time is moved by passing ``now`` to :func:`acmeq.alerts.evaluate` (a job
+what they receive. Time is moved by passing ``now`` to
+:func:`acmeq.observability.alerts.engine.evaluate` (a job
 enqueued a moment ago has "waited 100 s" when evaluated at ``time.time() + 100``), except in the
 end-to-end tests, where real masters and workers run and evaluate by themselves.
 """
@@ -28,16 +29,16 @@ import pytest
 import redis
 from aiosmtpd.controller import Controller
 
-from acmeq import alerts
-from acmeq.alert_channels import NoticeKind, mask_webhook
-from acmeq.alert_rules import QueueState, decide
-from acmeq.config import Settings
+from acmeq.config.settings import Settings
 from acmeq.constants import WorkerExit
-from acmeq.control import set_paused
 from acmeq.errors import ConfigError
-from acmeq.fastpath import STATS_KEY
+from acmeq.master.control import set_paused
+from acmeq.observability.alerts import engine as alerts
+from acmeq.observability.alerts.channels import NoticeKind, mask_webhook
+from acmeq.observability.alerts.rules import QueueState, decide
 from acmeq.queues import Enqueuer, JobCall
-from acmeq.worker import WorkerOptions
+from acmeq.worker.fastpath import STATS_KEY
+from acmeq.worker.process import WorkerOptions
 
 from conftest import free_port, run_cli, wait_until
 

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from acmeq.autoscale import (
+from acmeq.config.settings import Balance, QueueSpec, Settings, Strategy
+from acmeq.errors import UsageError
+from acmeq.master.autoscale import (
     Action,
     BalancerState,
     Decision,
@@ -23,9 +25,7 @@ from acmeq.autoscale import (
     queue_need,
     validate_budget,
 )
-from acmeq.autoscale_sim import Trace, parse_trace, read_trace, render_chart, simulate
-from acmeq.config import Balance, QueueSpec, Settings, Strategy
-from acmeq.errors import UsageError
+from acmeq.master.simulate import Trace, parse_trace, read_trace, render_chart, simulate
 
 ROOT = Path(__file__).resolve().parent.parent
 BURST = ROOT / "bench" / "traces" / "burst.csv"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from acmeq.config import Balance, ExecutionMode, Settings, expand_backoff, mask_url
+from acmeq.config.settings import Balance, ExecutionMode, Settings, expand_backoff, mask_url
 from acmeq.errors import ConfigError, UnknownProfileError
 
 

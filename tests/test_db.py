@@ -24,11 +24,11 @@ from sqlalchemy.exc import IntegrityError, StatementError
 from sqlmodel import Session, SQLModel, select
 from typer.testing import CliRunner
 
-from acmeq import db
 from acmeq.commands import common
 from acmeq.commands import db as db_cmd
 from acmeq.errors import DatabaseUnreachableError, UsageError
-from acmeq.models import (
+from acmeq.storage import sql as db
+from acmeq.storage.models import (
     Campaign,
     CampaignStatus,
     Donation,
@@ -304,7 +304,7 @@ def test_sqlite_gets_wal_a_busy_timeout_foreign_keys_and_its_directory(tmp_path:
 
 
 def test_engine_for_shares_one_engine_per_url(tmp_path: Path) -> None:
-    from acmeq.config import Settings
+    from acmeq.config.settings import Settings
 
     try:
         one = Settings.load(env={"ACMEQ_STATE_DIR": str(tmp_path / "a")})

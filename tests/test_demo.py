@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from acmeq.redis import EmbeddedRedis
+from acmeq.storage.redis_client import EmbeddedRedis
 
 from conftest import run_cli
 

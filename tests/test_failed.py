@@ -26,8 +26,8 @@ from rq.serializers import JSONSerializer
 from sqlalchemy.engine import Engine
 
 from acmeq import pii
-from acmeq.config import Settings
-from acmeq.failed import (
+from acmeq.config.settings import Settings
+from acmeq.ops.failed import (
     SCAN_CAP,
     FailedFilter,
     find_failed,
@@ -36,7 +36,7 @@ from acmeq.failed import (
     retry_failed,
 )
 from acmeq.queues import AcmeqJob, Enqueuer, JobCall
-from acmeq.worker import WorkerOptions
+from acmeq.worker.process import WorkerOptions
 
 from conftest import run_cli
 

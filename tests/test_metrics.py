@@ -23,10 +23,11 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 from test_status import run_burst_workers, worker_env
 
-from acmeq import metrics_read, prometheus
-from acmeq.config import Settings
+from acmeq.config.settings import Settings
 from acmeq.errors import UsageError
-from acmeq.metrics import BUCKET_LABELS, HOUR_KEY, MINUTE_KEY
+from acmeq.observability import metrics_report as metrics_read
+from acmeq.observability import prometheus
+from acmeq.observability.metrics import BUCKET_LABELS, HOUR_KEY, MINUTE_KEY
 from acmeq.queues import Enqueuer, JobCall
 
 from conftest import free_port, run_cli

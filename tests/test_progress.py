@@ -26,17 +26,18 @@ import redis
 from rich.console import Console
 from sqlalchemy.engine import Engine
 
-from acmeq import db, progress
-from acmeq import progress_store as store
+from acmeq import progress
 from acmeq.commands import common
 from acmeq.commands.progress import watch_jobs
-from acmeq.config import Settings
-from acmeq.models import JobStatus, User, UserRole
+from acmeq.config.settings import Settings
 from acmeq.progress import JobCancelled, RateEstimator, track
-from acmeq.progress_store import ProgressRecord
 from acmeq.queues import AcmeqJob, Enqueuer
-from acmeq.recovery import recover_dead_worker
-from acmeq.worker import WorkerOptions
+from acmeq.storage import sql as db
+from acmeq.storage.models import JobStatus, User, UserRole
+from acmeq.tracking import store
+from acmeq.tracking.store import ProgressRecord
+from acmeq.worker.process import WorkerOptions
+from acmeq.worker.recovery import recover_dead_worker
 
 from conftest import run_cli, wait_until
 

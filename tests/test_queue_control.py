@@ -19,10 +19,10 @@ import pytest
 import redis
 from test_failed import cli_json, drain, one_line_error, queued, snapshot
 
-from acmeq.config import Settings
-from acmeq.queue_control import CLEAR_CHUNK
+from acmeq.config.settings import Settings
+from acmeq.ops.queue_admin import CLEAR_CHUNK
 from acmeq.queues import Enqueuer, JobCall
-from acmeq.worker import WorkerOptions
+from acmeq.worker.process import WorkerOptions
 
 from conftest import ROOT, run_cli, wait_until
 

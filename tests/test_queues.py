@@ -16,7 +16,7 @@ from rq import Queue
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from acmeq.config import Settings
+from acmeq.config.settings import Settings
 from acmeq.errors import JobArgumentError, UnknownJobError, UnknownQueueError, UnregisteredJobError
 from acmeq.queues import AcmeqJob, Enqueuer, JobCall, catalog, queue_spec
 

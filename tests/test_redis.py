@@ -10,9 +10,15 @@ from pathlib import Path
 import pytest
 import redis
 
-from acmeq.config import Settings
+from acmeq.config.settings import Settings
 from acmeq.errors import RedisUnreachableError, UsageError
-from acmeq.redis import EmbeddedRedis, connect, connect_checked, describe, find_redis_server
+from acmeq.storage.redis_client import (
+    EmbeddedRedis,
+    connect,
+    connect_checked,
+    describe,
+    find_redis_server,
+)
 
 from conftest import RedisServer, free_port, run_cli
 

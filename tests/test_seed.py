@@ -11,10 +11,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, func, select
 
-from acmeq import db
 from acmeq.errors import UsageError
-from acmeq.models import Campaign, CampaignStatus, Company, Donation, DonationStatus, User
-from acmeq.seed import seed_demo
+from acmeq.storage import sql as db
+from acmeq.storage.models import Campaign, CampaignStatus, Company, Donation, DonationStatus, User
+from acmeq.storage.seed import seed_demo
 
 PREFIXES = {"stripe": "pi_", "mollie": "tr_", "paypal": "PAYID-"}
 

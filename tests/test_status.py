@@ -23,10 +23,11 @@ from typing import Any
 import pytest
 import redis
 
-from acmeq import control, status
-from acmeq.config import Settings
+from acmeq.config.settings import Settings
+from acmeq.master import control
+from acmeq.observability import status
 from acmeq.queues import Enqueuer, JobCall
-from acmeq.worker import WorkerOptions
+from acmeq.worker.process import WorkerOptions
 
 from conftest import ROOT, run_cli, wait_until
 

@@ -30,8 +30,8 @@ import pytest
 import redis
 from rq.job import JobStatus
 
-from acmeq import control
-from acmeq.config import Settings
+from acmeq.config.settings import Settings
+from acmeq.master import control
 from acmeq.queues import AcmeqJob, Enqueuer, JobCall
 
 from conftest import ROOT, run_cli, wait_until

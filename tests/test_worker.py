@@ -29,10 +29,10 @@ from rq import Queue
 from rq.job import JobStatus
 from rq.serializers import JSONSerializer
 
-from acmeq.config import Settings
+from acmeq.config.settings import Settings
 from acmeq.constants import PAUSED_QUEUE_KEY, WorkerExit
 from acmeq.queues import AcmeqJob, Enqueuer, JobCall
-from acmeq.worker import WorkerOptions
+from acmeq.worker.process import WorkerOptions
 
 from conftest import wait_until
 

@@ -13,14 +13,21 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from acmeq.alert_channels import Channel, Notice, configured, describe, duration, send_all
 from acmeq.commands.common import console, emit_json, err_console, settings
 from acmeq.constants import ExitCode
 from acmeq.errors import AcmeqError, UsageError
-from acmeq.redis import connect_checked
+from acmeq.observability.alerts.channels import (
+    Channel,
+    Notice,
+    configured,
+    describe,
+    duration,
+    send_all,
+)
+from acmeq.storage.redis_client import connect_checked
 
 if TYPE_CHECKING:
-    from acmeq.alerts import Evaluation
+    from acmeq.observability.alerts.engine import Evaluation
 
 app = typer.Typer(
     help="Queue alerts: what is firing, recent notices, channel tests.", no_args_is_help=True
@@ -54,7 +61,9 @@ def list_alerts(
     Exits 1 while an alert is active (for scripts and health checks), 0 otherwise.
     """
     cfg = settings()
-    from acmeq import alerts  # loaded per command: keeps every other command's start-up light
+    from acmeq.observability.alerts import (
+        engine as alerts,  # loaded per command: keeps every other command's start-up light
+    )
 
     data = alerts.overview(connect_checked(cfg), cfg, history)
     if as_json:
@@ -136,7 +145,7 @@ def test_channels(
             }.get(wanted, "")
             raise UsageError(f"the {wanted} channel is not configured: {hint}")
         chosen = [wanted]
-    from acmeq import alerts
+    from acmeq.observability.alerts import engine as alerts
 
     notice = alerts.make_test_notice(_owner())
     results = send_all(cfg, notice, chosen)
@@ -165,8 +174,8 @@ def evaluate(
         console.print("monitoring is disabled (QUEUE_MONITORING_ENABLED=false): nothing evaluated")
         return
     # The notices are printed below; the log channel's copy on stderr would only repeat them.
-    logging.getLogger("acmeq.alerts").addHandler(logging.NullHandler())
-    from acmeq import alerts
+    logging.getLogger("acmeq.observability.alerts.engine").addHandler(logging.NullHandler())
+    from acmeq.observability.alerts import engine as alerts
 
     run = alerts.evaluate_once(connect_checked(cfg), cfg, _owner(), dry_run=dry_run)
     errors = run.delivery.errors if run.delivery else []

@@ -10,7 +10,7 @@ from typing import Any
 
 from rich.console import Console
 
-from acmeq.config import Settings
+from acmeq.config.settings import Settings
 
 console = Console()
 err_console = Console(stderr=True)

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from acmeq.commands.common import console, emit_json, settings
-from acmeq.config import SECRET_KEYS, Settings, mask_url
+from acmeq.config.settings import SECRET_KEYS, Settings, mask_url
 
 app = typer.Typer(help="Show or validate the effective configuration.", no_args_is_help=True)
 

@@ -10,7 +10,7 @@ from rich.markup import escape
 from acmeq.commands.common import console, emit_json, settings
 
 if TYPE_CHECKING:
-    from acmeq.db import SchemaState
+    from acmeq.storage.sql import SchemaState
 
 app = typer.Typer(help="Database schema: upgrade, current revision.", no_args_is_help=True)
 
@@ -30,7 +30,9 @@ def upgrade(
     ] = "head",
 ) -> None:
     """Create or migrate the schema (safe to run on every deploy)."""
-    from acmeq import db  # imported late: SQLAlchemy and alembic cost ~0.3 s at startup
+    from acmeq.storage import (
+        sql as db,  # imported late: SQLAlchemy and alembic cost ~0.3 s at startup
+    )
 
     state = db.upgrade(settings(), revision)
     head = " (head)" if state.up_to_date else f" (head is {state.head})"
@@ -44,7 +46,7 @@ def current(
     json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
 ) -> None:
     """Show the database's schema revision and the newest one available."""
-    from acmeq import db
+    from acmeq.storage import sql as db
 
     state = db.schema_state(settings())
     if json:

@@ -62,8 +62,8 @@ def seed(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Create realistic companies, users, campaigns and donations in the configured database."""
-    from acmeq import db
-    from acmeq.seed import seed_demo
+    from acmeq.storage import sql as db
+    from acmeq.storage.seed import seed_demo
 
     engine = db.engine_for(settings())
     db.check_reachable(engine)

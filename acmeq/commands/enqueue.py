@@ -12,7 +12,7 @@ import typer
 from acmeq.commands.common import console, emit_json, settings
 from acmeq.errors import UsageError
 from acmeq.queues import Enqueuer, JobCall
-from acmeq.redis import connect_checked
+from acmeq.storage.redis_client import connect_checked
 from acmeq.timeparse import parse_duration, parse_when
 
 

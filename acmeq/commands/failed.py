@@ -19,8 +19,8 @@ from acmeq.errors import UsageError
 if TYPE_CHECKING:  # imported lazily at run time: `acmeq --help` stays quick
     import redis
 
-    from acmeq.failed import FailedEntry, FailedFilter
-    from acmeq.jobview import JobDetail
+    from acmeq.ops.failed import FailedEntry, FailedFilter
+    from acmeq.ops.jobview import JobDetail
 
 app = typer.Typer(
     help="Failed jobs (RQ's failed registries): list, show, retry, flush.", no_args_is_help=True
@@ -72,7 +72,7 @@ def confirm(question: str, yes: bool, refusal: str) -> None:
 
 
 def _connection() -> redis.Redis:
-    from acmeq.redis import connect_checked
+    from acmeq.storage.redis_client import connect_checked
 
     return connect_checked(settings())
 
@@ -84,7 +84,7 @@ def _filter(
     since: str | None,
     before: str | None,
 ) -> FailedFilter:
-    from acmeq.failed import make_filter
+    from acmeq.ops.failed import make_filter
 
     return make_filter(settings(), queue or [], job or [], exception, since, before)
 
@@ -134,7 +134,7 @@ def list_(
     as_json: JsonOpt = False,
 ) -> None:
     """Failed jobs, newest first, with their exception (masked)."""
-    from acmeq.failed import list_failed
+    from acmeq.ops.failed import list_failed
 
     flt = _filter(queue, job, exception, since, before)
     page = list_failed(settings(), _connection(), flt, limit, scan_limit)
@@ -173,7 +173,7 @@ def show(
     Looks in Redis first, then in the permanent failed_jobs table (a flushed or expired job).
     An unknown id exits 1.
     """
-    from acmeq.jobview import failed_detail
+    from acmeq.ops.jobview import failed_detail
 
     detail = failed_detail(settings(), _connection(), job_id)
     if as_json:
@@ -183,7 +183,7 @@ def show(
 
 
 def print_detail(detail: JobDetail) -> None:
-    """Render a :class:`acmeq.jobview.JobDetail` (shared with `acmeq job show`)."""
+    """Render a :class:`acmeq.ops.jobview.JobDetail` (shared with `acmeq job show`)."""
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
@@ -242,7 +242,7 @@ def retry(
     Each job gets one more try (RQ's requeue keeps its retries left); if it fails again it is
     failed and recorded again.
     """
-    from acmeq.failed import find_failed, retry_failed, select_failed
+    from acmeq.ops.failed import find_failed, retry_failed, select_failed
 
     flt = _filter(queue, job, exception, since, before)
     if ids and all_:
@@ -288,7 +288,7 @@ def flush(
     Their permanent records in the failed_jobs table are kept. Asks for confirmation on a
     terminal; elsewhere pass --yes.
     """
-    from acmeq.failed import flush_failed, select_failed
+    from acmeq.ops.failed import flush_failed, select_failed
 
     flt = _filter(queue, job, exception, since, before)
     conn = _connection()

@@ -55,8 +55,8 @@ def cancel(
     """Cancel a job: a queued one is removed from its queue; a running one stops at its next
     progress checkpoint (its cleanup runs), or by force after the grace period. Never retried.
     """
-    from acmeq.progress_control import cancel_job
-    from acmeq.redis import connect_checked
+    from acmeq.storage.redis_client import connect_checked
+    from acmeq.tracking.control import cancel_job
 
     cfg = settings()
     engine = database(cfg)
@@ -87,8 +87,8 @@ def show(
     """One job: status, queue, function, arguments (personal data masked), times, result or
     exception, retries left, worker. An unknown id exits 1."""
     from acmeq.commands.failed import print_detail
-    from acmeq.jobview import job_detail
-    from acmeq.redis import connect_checked
+    from acmeq.ops.jobview import job_detail
+    from acmeq.storage.redis_client import connect_checked
 
     cfg = settings()
     detail = job_detail(cfg, connect_checked(cfg), job_id)

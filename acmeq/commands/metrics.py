@@ -15,7 +15,7 @@ from acmeq.commands.common import console, emit_json, settings
 from acmeq.commands.status import count, duration, rate, table
 
 if TYPE_CHECKING:  # the core module is imported when the command runs, not with the CLI
-    from acmeq.metrics_read import Point, Report, Summary, Window
+    from acmeq.observability.metrics_report import Point, Report, Summary, Window
 
 app = typer.Typer(
     help="Job metrics: throughput, runtime and wait over a window; a Prometheus endpoint.",
@@ -40,8 +40,8 @@ def show(
     """Processed, failed, throughput, runtime (avg/p50/p95/max) and wait, with a chart."""
     if ctx.invoked_subcommand is not None:
         return
-    from acmeq.metrics_read import report
-    from acmeq.redis import connect_checked
+    from acmeq.observability.metrics_report import report
+    from acmeq.storage.redis_client import connect_checked
 
     cfg = settings()
     result = report(cfg, connect_checked(cfg), since=since, queue=queue, job=job)
@@ -61,8 +61,8 @@ def serve(
     The page is in the text exposition format 0.0.4 at http://HOST:PORT/metrics; a Redis
     failure answers 503 (docs/monitoring.md).
     """
-    from acmeq.prometheus import exposition, make_server
-    from acmeq.redis import connect_checked
+    from acmeq.observability.prometheus import exposition, make_server
+    from acmeq.storage.redis_client import connect_checked
 
     cfg = settings()
     connection = connect_checked(cfg)

@@ -21,17 +21,18 @@ from rich.table import Table
 from rich.text import Text
 
 from acmeq.commands.common import console, emit_json, settings
-from acmeq.config import Settings
+from acmeq.config.settings import Settings
 from acmeq.errors import UsageError
 
-# acmeq.models (SQLModel, ~0.4 s to import) is only imported by the commands that run, never at
+# acmeq.storage.models (SQLModel, ~0.4 s to import) is only imported by the commands that run,
+# never at
 # CLI start-up; statuses are compared by value here (JobStatus is a StrEnum).
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-    from acmeq.models import JobStatus
-    from acmeq.progress_control import ProgressWatch
-    from acmeq.progress_store import ProgressRecord, Viewer
+    from acmeq.storage.models import JobStatus
+    from acmeq.tracking.control import ProgressWatch
+    from acmeq.tracking.store import ProgressRecord, Viewer
 
 app = typer.Typer(
     help="Job progress: list, show and watch tracked jobs (bars, rate, ETA).",
@@ -61,7 +62,9 @@ MIN_BAR_WIDTH = 8
 
 def database(cfg: Settings) -> Engine:
     """The configured database, which must be migrated (exit 2 otherwise, 3 if unreachable)."""
-    from acmeq import db  # imported late: SQLAlchemy and alembic cost ~0.3 s at startup
+    from acmeq.storage import (
+        sql as db,  # imported late: SQLAlchemy and alembic cost ~0.3 s at startup
+    )
 
     engine = db.engine_for(cfg)
     db.require_schema(engine)
@@ -69,7 +72,7 @@ def database(cfg: Settings) -> Engine:
 
 
 def viewer_for(engine: Engine, as_user: str | None) -> Viewer:
-    from acmeq.progress_store import resolve_viewer
+    from acmeq.tracking.store import resolve_viewer
 
     return resolve_viewer(engine, as_user)
 
@@ -239,8 +242,8 @@ def watch_jobs(
     On a terminal: a live table redrawn as updates arrive. Otherwise (logs, pipes): one line per
     job as it ends, then the final table. ``as_json``: one JSON record per line, per update.
     """
-    from acmeq.progress_control import ProgressWatch
-    from acmeq.redis import connect_checked
+    from acmeq.storage.redis_client import connect_checked
+    from acmeq.tracking.control import ProgressWatch
 
     out = out or console
     engine = database(cfg)
@@ -334,7 +337,7 @@ def list_progress(
     as_json: JsonFlag = False,
 ) -> None:
     """List tracked jobs, newest first: status, bar, counts, rate and ETA."""
-    from acmeq import progress_store as store
+    from acmeq.tracking import store
 
     cfg = settings()
     engine = database(cfg)
@@ -362,7 +365,7 @@ def show(
     as_json: JsonFlag = False,
 ) -> None:
     """Show one job's progress record in full (not found if it is another user's)."""
-    from acmeq import progress_store as store
+    from acmeq.tracking import store
 
     cfg = settings()
     engine = database(cfg)
@@ -433,7 +436,7 @@ def watch(
 
 
 def parse_statuses(values: Sequence[str]) -> list[JobStatus]:
-    from acmeq.models import JobStatus
+    from acmeq.storage.models import JobStatus
 
     valid = [s.value for s in JobStatus]
     for value in values:
@@ -449,8 +452,8 @@ def _reconcile(cfg: Settings, engine: Engine, records: Sequence[ProgressRecord])
     import redis
 
     from acmeq.errors import AcmeqError
-    from acmeq.progress_control import reconcile
-    from acmeq.redis import connect
+    from acmeq.storage.redis_client import connect
+    from acmeq.tracking.control import reconcile
 
     try:
         return bool(reconcile(engine, connect(cfg, start_embedded=False), records))

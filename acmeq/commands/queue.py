@@ -9,8 +9,8 @@ from rich.table import Table
 
 from acmeq.commands.common import console, emit_json, settings
 from acmeq.commands.failed import DryRunOpt, JsonOpt, YesOpt, confirm
-from acmeq.queue_control import clear_queue, pause_queue, queue_overview
-from acmeq.redis import connect_checked
+from acmeq.ops.queue_admin import clear_queue, pause_queue, queue_overview
+from acmeq.storage.redis_client import connect_checked
 
 app = typer.Typer(help="The queue catalog and queue control.", no_args_is_help=True)
 

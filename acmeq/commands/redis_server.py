@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from acmeq.commands.common import console, emit_json, settings
-from acmeq.redis import EmbeddedRedis, connect_checked, describe, server_info
+from acmeq.storage.redis_client import EmbeddedRedis, connect_checked, describe, server_info
 
 app = typer.Typer(help="Which Redis acmeq uses; stop the embedded one.", no_args_is_help=True)
 

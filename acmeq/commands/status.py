@@ -17,7 +17,7 @@ from acmeq.constants import ExitCode
 from acmeq.errors import UsageError
 
 if TYPE_CHECKING:  # the core module is imported when the command runs, not with the CLI
-    from acmeq.status import Snapshot
+    from acmeq.observability.status import Snapshot
 
 PAUSED_MARK = "‖"  # after a paused queue's name; explained under the table
 WIDE = 110  # from this terminal width on, counts are printed in full with long headers
@@ -50,8 +50,8 @@ def status(
         raise UsageError(
             "--watch shows a live screen; it cannot be combined with --json or --check"
         )
-    from acmeq.redis import connect_checked
-    from acmeq.status import collect
+    from acmeq.observability.status import collect
+    from acmeq.storage.redis_client import connect_checked
 
     cfg = settings()
     connection = connect_checked(cfg)
@@ -96,7 +96,7 @@ def _watch(draw: Callable[[], RenderableType], interval: float) -> None:
 
 def check_line(snap: Snapshot) -> str:
     """One line for cron mail and monitoring probes: OK, or ALERT with every active alert."""
-    from acmeq.status import totals
+    from acmeq.observability.status import totals
 
     t = totals(snap)
     if not snap.alerting:
@@ -195,7 +195,7 @@ def _redis_line(snap: Snapshot) -> Text:
 
 
 def _summary(snap: Snapshot) -> Text:
-    from acmeq.status import totals
+    from acmeq.observability.status import totals
 
     t = totals(snap)
     masters = f"{t['masters']} master{'s' if t['masters'] != 1 else ''}"

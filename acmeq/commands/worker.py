@@ -49,7 +49,7 @@ def start(
 ) -> None:
     """Start a master running the profile's supervisors (one pool per queue)."""
     from acmeq.queues import registry_for
-    from acmeq.redis import connect_checked
+    from acmeq.storage.redis_client import connect_checked
     from acmeq.supervisor import Master, MasterOptions
 
     cfg = settings()
@@ -144,7 +144,7 @@ def _setup_logging(level: str, log_file: Path | None) -> None:
 
 
 def _connection() -> Any:
-    from acmeq.redis import connect_checked
+    from acmeq.storage.redis_client import connect_checked
 
     return connect_checked(settings())
 
@@ -165,7 +165,7 @@ def terminate(
     ] = 3600.0,
 ) -> None:
     """Stop masters gracefully (running jobs finish), on every host or one."""
-    from acmeq import control
+    from acmeq.master import control
 
     conn = _connection()
     targets = control.send(conn, "terminate-fast" if fast else "terminate", master)
@@ -191,7 +191,7 @@ def terminate(
 @app.command()
 def restart(master: MasterOpt = None) -> None:
     """Rolling restart (deploys): new workers start before the old ones retire."""
-    from acmeq import control
+    from acmeq.master import control
 
     targets = control.send(_connection(), "restart", master)
     console.print(f"asked {', '.join(targets)} to restart" if targets else "no running masters")
@@ -210,7 +210,7 @@ def continue_(queue: QueueOpt = None, supervisor: SupOpt = None, master: MasterO
 
 
 def _pause(paused: bool, queues: list[str], supervisors: list[str], master: str | None) -> None:
-    from acmeq import control
+    from acmeq.master import control
     from acmeq.queues import queue_spec
 
     cfg = settings()
@@ -224,7 +224,7 @@ def _pause(paused: bool, queues: list[str], supervisors: list[str], master: str 
 @app.command("list")
 def list_(as_json: JsonOpt = False) -> None:
     """Every master, supervisor and worker process across hosts."""
-    from acmeq import control
+    from acmeq.master import control
 
     masters = control.list_masters(_connection(), with_processes=True)
     if as_json:
@@ -304,7 +304,7 @@ def scale(
 
 
 def _explain(profile: str, as_json: bool) -> None:
-    from acmeq import control
+    from acmeq.master import control
     from acmeq.supervisor import Master, MasterOptions, decision_dict
 
     conn = _connection()
@@ -355,8 +355,8 @@ def _explain(profile: str, as_json: bool) -> None:
 
 
 def _simulate(path: Path, profile: str, supervisor: str | None, tick: float, as_json: bool) -> None:
-    from acmeq.autoscale import PoolPolicy
-    from acmeq.autoscale_sim import read_trace, render_chart, simulate
+    from acmeq.master.autoscale import PoolPolicy
+    from acmeq.master.simulate import read_trace, render_chart, simulate
 
     cfg = settings()
     prof = cfg.profile(profile)

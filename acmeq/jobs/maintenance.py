@@ -8,7 +8,7 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from acmeq.registry import job
+from acmeq.allowlist import job
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -31,10 +31,10 @@ def recalculate_campaign_totals(campaign_id: int | None = None) -> dict[str, int
     """Recompute campaigns' raised, matched and donation totals from their donations."""
     import sqlalchemy as sa
 
-    from acmeq.config import process_settings
-    from acmeq.db import engine_for
-    from acmeq.models import Campaign
+    from acmeq.config.settings import process_settings
     from acmeq.progress import track
+    from acmeq.storage.models import Campaign
+    from acmeq.storage.sql import engine_for
 
     engine = engine_for(process_settings())
     if campaign_id is not None:
@@ -63,7 +63,7 @@ def recalculate_totals(engine: Engine, campaign_ids: list[int] | None = None) ->
     """
     import sqlalchemy as sa
 
-    from acmeq.models import Campaign, Donation, DonationStatus
+    from acmeq.storage.models import Campaign, Donation, DonationStatus
 
     campaigns = Campaign.__table__  # type: ignore[attr-defined]
     donations = Donation.__table__  # type: ignore[attr-defined]
@@ -93,7 +93,7 @@ def top_campaigns(engine: Engine, limit: int = 5) -> list[dict[str, Any]]:
     """The campaigns that raised most, for the demo and reports."""
     import sqlalchemy as sa
 
-    from acmeq.models import Campaign
+    from acmeq.storage.models import Campaign
 
     campaigns = Campaign.__table__  # type: ignore[attr-defined]
     stmt = (

@@ -1,0 +1,1 @@
+"""Settings: the typed configuration, its loader and the seed's defaults."""

@@ -1,0 +1,1 @@
+"""The master's internals: autoscale policy and simulator, cluster control through Redis."""

@@ -1,0 +1,1 @@
+"""Observability: metrics (write and read side), status, Prometheus exposition, alerts."""

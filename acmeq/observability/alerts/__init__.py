@@ -1,0 +1,1 @@
+"""Alerts: rules (what holds), channels (where notices go), engine (one evaluator cluster-wide)."""

@@ -1,0 +1,2 @@
+"""Storage: Redis connections and the embedded server, the SQL engine, tables, migrations, demo
+data."""
