@@ -43,6 +43,8 @@ class WorkerExit(IntEnum):
     BOOT_ERROR = 4  # could not start (import error in a job module, bad config): halt the pool
     MEMORY_LIMIT = 5  # RSS above the queue's limit after a job (or a job blew through it): respawn
     RECYCLE = 6  # max_jobs / max_time reached: respawn at once
+    # Redis could not be reached at boot: transient, respawn with backoff, never halt the pool
+    REDIS_UNAVAILABLE = 7
 
 
 # Redis keys acmeq adds beside RQ's (all under KEY_PREFIX).

@@ -17,6 +17,10 @@ from sqlmodel import SQLModel
 from sqlmodel.sql.sqltypes import AutoString
 
 import acmeq.storage.models  # registers every table on SQLModel.metadata
+import acmeq.storage.models_exports
+import acmeq.storage.models_mail
+import acmeq.storage.models_maintenance
+import acmeq.storage.models_payments
 
 config = context.config
 target_metadata = SQLModel.metadata

@@ -1,0 +1,1 @@
+"""SQL tables of the exports domain (beside :mod:`acmeq.storage.models`)."""

@@ -1,0 +1,1 @@
+"""SQL tables of the mail domain (beside :mod:`acmeq.storage.models`)."""

@@ -1,0 +1,1 @@
+"""SQL tables of the maintenance domain (beside :mod:`acmeq.storage.models`)."""

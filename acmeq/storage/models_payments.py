@@ -1,0 +1,1 @@
+"""SQL tables of the payments domain (beside :mod:`acmeq.storage.models`)."""
