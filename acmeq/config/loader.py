@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from acmeq.config import defaults
+from acmeq.config import maintenance as maintenance_config
 from acmeq.config.settings import (
     ENV_KEYS,
     LIST_ENV,
@@ -92,6 +93,7 @@ def _default_tree() -> dict[str, Any]:
         "metrics": {"minute_retention": 24 * 3600, "hour_retention": 30 * 24 * 3600},
         "queues": copy.deepcopy(defaults.QUEUES),
         "profiles": copy.deepcopy(defaults.PROFILES),
+        **copy.deepcopy(maintenance_config.DEFAULTS),
     }
 
 
@@ -272,6 +274,8 @@ class Loader:
             metrics_minute_retention=self._int("metrics.minute_retention", 60),
             metrics_hour_retention=self._int("metrics.hour_retention", 3600),
             alerts=self._build_alerts(queues),
+            cleanup=maintenance_config.build_cleanup(self),
+            backup=maintenance_config.build_backup(self),
             config_path=self.path,
             values=dict(self.values),
             sources=dict(self.sources),

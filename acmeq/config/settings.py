@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from acmeq.config.maintenance import BackupSettings, CleanupSettings
 from acmeq.constants import (
     CONNECT_TIMEOUT_S,
     DEFAULT_REDIS_DB,
@@ -181,6 +182,8 @@ class Settings:
     metrics_minute_retention: int = 24 * 3600  # seconds minute buckets are kept
     metrics_hour_retention: int = 30 * 24 * 3600  # seconds hour buckets are kept
     alerts: AlertSettings = field(default_factory=AlertSettings)
+    cleanup: CleanupSettings = field(default_factory=CleanupSettings)  # [cleanup]
+    backup: BackupSettings = field(default_factory=BackupSettings)  # [backup]
     config_path: Path | None = None
     # dotted key -> value and where it came from ("default", a TOML path, "env NAME")
     values: Mapping[str, Any] = field(default_factory=dict, repr=False)
