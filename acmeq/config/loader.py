@@ -17,7 +17,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from acmeq.config import defaults
+from acmeq.config import exports as exports_config
 from acmeq.config import maintenance as maintenance_config
+from acmeq.config import payments as payments_config
 from acmeq.config.settings import (
     ENV_KEYS,
     LIST_ENV,
@@ -94,6 +96,8 @@ def _default_tree() -> dict[str, Any]:
         "queues": copy.deepcopy(defaults.QUEUES),
         "profiles": copy.deepcopy(defaults.PROFILES),
         **copy.deepcopy(maintenance_config.DEFAULTS),
+        **copy.deepcopy(exports_config.DEFAULTS),
+        **copy.deepcopy(payments_config.DEFAULTS),
     }
 
 
@@ -276,6 +280,8 @@ class Loader:
             alerts=self._build_alerts(queues),
             cleanup=maintenance_config.build_cleanup(self),
             backup=maintenance_config.build_backup(self),
+            exports=exports_config.build_exports(self),
+            payments=payments_config.build(self),
             config_path=self.path,
             values=dict(self.values),
             sources=dict(self.sources),

@@ -17,7 +17,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from acmeq.config.exports import ExportSettings
+from acmeq.config import payments as _payments
 from acmeq.config.maintenance import BackupSettings, CleanupSettings
+from acmeq.config.payments import PaymentSettings
 from acmeq.constants import (
     CONNECT_TIMEOUT_S,
     DEFAULT_REDIS_DB,
@@ -49,11 +52,17 @@ ENV_KEYS: dict[str, str] = {
     "QUEUE_HIGH_WORKERS": "workers.high",
     "QUEUE_MEDIUM_WORKERS": "workers.medium",
     "QUEUE_LOW_WORKERS": "workers.low",
+    **_payments.ENV_KEYS,
 }
-LIST_ENV = {"REDIS_SENTINELS", "ACMEQ_JOB_MODULES"}
+LIST_ENV = {"REDIS_SENTINELS", "ACMEQ_JOB_MODULES", *_payments.LIST_ENV}
 # A Slack-style webhook URL is itself the credential (anyone holding it can post), so it is
 # masked whole like a password.
-SECRET_KEYS = {"redis.password", "monitoring.smtp_password", "monitoring.webhook_url"}
+SECRET_KEYS = {
+    "redis.password",
+    "monitoring.smtp_password",
+    "monitoring.webhook_url",
+    *_payments.SECRET_KEYS,
+}
 TIERS = ("high", "medium", "low")
 
 
@@ -184,6 +193,8 @@ class Settings:
     alerts: AlertSettings = field(default_factory=AlertSettings)
     cleanup: CleanupSettings = field(default_factory=CleanupSettings)  # [cleanup]
     backup: BackupSettings = field(default_factory=BackupSettings)  # [backup]
+    exports: ExportSettings = field(default_factory=ExportSettings)  # [exports]
+    payments: PaymentSettings = field(default_factory=PaymentSettings)  # [webhooks], [payments]
     config_path: Path | None = None
     # dotted key -> value and where it came from ("default", a TOML path, "env NAME")
     values: Mapping[str, Any] = field(default_factory=dict, repr=False)
