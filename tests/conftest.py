@@ -8,6 +8,7 @@ Each test gets its own database number's worth of isolation by FLUSHALL on *that
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -15,10 +16,12 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from acmeq.storage.redis_client import find_redis_server
 
@@ -68,10 +71,69 @@ def wait_until(what: str, check: Callable[[], T], timeout: float = 30.0, every: 
         time.sleep(every)
 
 
-def free_port() -> int:
+# Ports tests hand out: below the kernel's ephemeral range (32768-60999 on Linux is partly
+# inside it, but a bind check guards that), and low enough that every server accepts them:
+# redis-server in cluster mode refuses ports above 55535 (its bus listens on port + 10000).
+PORT_RANGE = (20000, 45000)
+_handed_out: set[int] = set()
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on, which every server we start accepts.
+
+    The port and its cluster-bus twin (port + 10000) are both checked to be bindable; random
+    picks (never the same twice in one process) keep parallel test processes apart.
+    """
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(*PORT_RANGE)
+        if port in _handed_out or not (_bindable(port) and _bindable(port + 10000)):
+            continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {PORT_RANGE}")
+
+
+def fast_client(port: int, **kwargs: Any) -> redis.Redis:
+    """A redis-py client that gives up at once: no retries, short timeouts.
+
+    redis-py 8 retries a refused connection several times with backoff (~3.4 s per call); a
+    test polling a server that is still starting wants each probe to fail fast instead.
+    """
+    return redis.Redis(
+        port=port,
+        socket_connect_timeout=1,
+        socket_timeout=5,
+        retry=Retry(NoBackoff(), 0),
+        **kwargs,
+    )
+
+
+def wait_for_redis(
+    port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 15
+) -> redis.Redis:
+    """Wait (bounded by ``timeout`` seconds) until a redis-server answers PING on ``port``."""
+    client = fast_client(port)
+
+    def answers() -> bool:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"redis-server on port {port} exited with {proc.returncode}")
+        try:
+            return bool(client.ping())
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            return False
+
+    wait_until(f"redis-server answering on port {port}", answers, timeout=timeout)
+    return client
 
 
 class RedisServer:
@@ -102,17 +164,8 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        self.client = client
+        wait_for_redis(self.port, self.proc)
+        self.client = redis.Redis(port=self.port, retry=Retry(NoBackoff(), 1))
 
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
@@ -149,7 +202,8 @@ def redis_url(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> str
 
 @pytest.fixture
 def redis_client(redis_url: str) -> redis.Redis:
-    return redis.Redis.from_url(redis_url)
+    # One quick retry: a test's own client must not spend seconds on a server that is gone.
+    return redis.Redis.from_url(redis_url, retry=Retry(NoBackoff(), 1))
 
 
 @pytest.fixture

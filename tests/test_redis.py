@@ -20,7 +20,7 @@ from acmeq.storage.redis_client import (
     find_redis_server,
 )
 
-from conftest import RedisServer, free_port, run_cli
+from conftest import RedisServer, fast_client, free_port, run_cli, wait_for_redis
 
 
 def start_server(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
@@ -41,14 +41,13 @@ def start_server(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[bytes], 
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    client = redis.Redis(port=port)
-    for _ in range(200):
-        try:
-            client.ping()
-            return proc, port
-        except redis.ConnectionError:
-            time.sleep(0.05)
-    raise RuntimeError("redis-server did not start")
+    try:
+        wait_for_redis(port, proc, timeout=15)
+    except BaseException:
+        proc.kill()
+        proc.wait(10)
+        raise
+    return proc, port
 
 
 def test_url_without_a_database_uses_redis_queue_db(
@@ -140,7 +139,7 @@ def test_sentinel_discovers_the_master(
                     raise
                 time.sleep(0.1)
         client.set("acmeq-test-sentinel", "1")
-        assert redis.Redis(port=redis_server.port, db=2).get("acmeq-test-sentinel") == b"1"
+        assert fast_client(redis_server.port, db=2).get("acmeq-test-sentinel") == b"1"
         assert describe(settings) == f"sentinel://127.0.0.1:{sentinel_port}/queue/2"
     finally:
         proc.terminate()
