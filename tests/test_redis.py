@@ -8,7 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import redis
 
 from acmeq.config.settings import Settings
 from acmeq.errors import RedisUnreachableError, UsageError
