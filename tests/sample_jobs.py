@@ -206,6 +206,26 @@ def progress_stuck(key: str) -> None:
 
 
 @acmeq.job(queue="bulk")
+def progress_gated(key: str, n: int, stop_at: int) -> int:
+    """Track ``n`` items; after ``stop_at`` wait (at most 60 s, at checkpoints) until the test
+    sets ``test:gate:<key>``: a watcher is sure to see the job running part-way (bulk)."""
+    from rq import get_current_job
+
+    from acmeq.progress import track
+
+    job = get_current_job()
+    assert job is not None
+    with track(total=n) as p:
+        p.advance(stop_at)
+        deadline = time.monotonic() + 60
+        while not job.connection.exists(f"test:gate:{key}") and time.monotonic() < deadline:
+            time.sleep(0.05)
+            p.checkpoint()  # reports the progress so far once it is due
+        p.advance(n - stop_at)
+    return p.processed
+
+
+@acmeq.job(queue="bulk")
 def progress_then_fail(n: int, message: str = "ledger mismatch") -> None:
     """Track ``n`` items, then raise (bulk: no retry)."""
     from acmeq.progress import track

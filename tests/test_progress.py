@@ -419,14 +419,26 @@ def test_progress_watch_shows_bars_and_ends_with_the_job(
 
 @pytest.mark.timeout(90)
 def test_the_live_view_redraws_bars_until_every_watched_job_ended(
-    start_worker: StartWorker, enqueuer: Enqueuer, settings: Settings, progress_db: Engine
+    start_worker: StartWorker,
+    enqueuer: Enqueuer,
+    settings: Settings,
+    progress_db: Engine,
+    redis_client: redis.Redis,
 ) -> None:
-    # Given two jobs on bulk, the second one failing
-    ok = enqueuer.enqueue("progress_count", 30, delay=0.05)
+    # Given two jobs on bulk, the second one failing; the first holds at 13/30 until the
+    # live view has drawn it running there (so a loaded machine cannot skip that frame)
+    ok = enqueuer.enqueue("progress_gated", "live", 30, 13)
     bad = enqueuer.enqueue("progress_then_fail", 3)
 
+    class Screen(StringIO):
+        def write(self, text: str) -> int:
+            written = super().write(text)
+            if "13/30" in self.getvalue() and "running" in self.getvalue():
+                redis_client.set("test:gate:live", 1)
+            return written
+
     # When both are watched on a (fake) 110-column terminal while a worker runs them
-    out = StringIO()
+    out = Screen()
     terminal = Console(file=out, width=110, force_terminal=True, color_system=None)
     start_worker("bulk", burst=True)
     code = watch_jobs(settings, [ok.id, bad.id], out=terminal, poll_interval=0.5)
@@ -434,10 +446,10 @@ def test_the_live_view_redraws_bars_until_every_watched_job_ended(
     # Then the live table showed partial bars on the way and ended with both outcomes: exit 1
     assert code == 1
     screen = out.getvalue()
-    assert "running" in screen and "╸" in screen  # a bar drawn while in progress
+    assert "running" in screen and "13/30" in screen  # a bar drawn while in progress
     assert f"job {bad.id} (progress_then_fail) failed: 3/6 items, 0 failed" in screen
     assert "RuntimeError: ledger mismatch" in screen  # a lasting line for each end
-    assert f"job {ok.id} (progress_count) completed: 30/30 items" in screen
+    assert f"job {ok.id} (progress_gated) completed: 30/30 items" in screen
     final = screen.rsplit("job id", 1)[1]
     assert "completed" in final and "failed" in final and "━" * 20 in final
     assert "2 jobs: 1 completed, 1 failed" in final
