@@ -204,6 +204,8 @@ class User(SQLModel, table=True):
     role: UserRole = Field(default=UserRole.EMPLOYEE, sa_type=_enum(UserRole), nullable=False)
     company_id: int | None = Field(default=None, foreign_key="companies.id", nullable=True)
     locale: str = Field(default="en", max_length=16)
+    # Postal address (tax receipts); personal data: exported only with --include-pii.
+    address: str | None = Field(default=None, sa_type=sa.Text, nullable=True)
     created_at: datetime = _at()
 
 
@@ -306,7 +308,7 @@ class JobProgress(SQLModel, table=True):
     meta: dict[str, Any] | None = _json()
     created_at: datetime = _at()
     started_at: datetime | None = _at(nullable=True)
-    updated_at: datetime = _at()
+    updated_at: datetime = _at(index=True)  # retention walks this index (migration 0005)
     finished_at: datetime | None = _at(nullable=True)
     eta_at: datetime | None = _at(nullable=True)
 
@@ -315,7 +317,10 @@ class WebhookEvent(SQLModel, table=True):
     """A received provider event; UNIQUE(provider, event_id) makes redelivery a no-op."""
 
     __tablename__ = "webhook_events"
-    __table_args__ = (sa.UniqueConstraint("provider", "event_id"),)
+    __table_args__ = (
+        sa.UniqueConstraint("provider", "event_id"),
+        sa.Index(None, "status", "received_at"),  # added by migration 0003 (payments)
+    )
 
     id: int | None = Field(default=None, sa_type=BigIntId, primary_key=True)
     provider: str = Field(max_length=32)
@@ -361,6 +366,10 @@ class ExportFile(SQLModel, table=True):
     user_id: int | None = Field(default=None, nullable=True)  # no FK: see JobProgress.user_id
     job_id: str | None = Field(default=None, max_length=128, nullable=True)
     sha256: str | None = Field(default=None, max_length=64, nullable=True)
+    # What was asked for (filters, options, report name), for the record and re-runs.
+    spec: dict[str, Any] | None = _json()
+    include_pii: bool = Field(default=False, nullable=False)
+    error: str | None = Field(default=None, sa_type=sa.Text, nullable=True)
     created_at: datetime = _at()
     completed_at: datetime | None = _at(nullable=True)
     expires_at: datetime | None = _at(nullable=True)
