@@ -9,14 +9,30 @@ the CLI maps it to, so the CLI needs no per-command error handling::
     │   ├── UnknownQueueError               queue name not in the catalog
     │   ├── UnknownJobError                 job name not in the registry (lists the valid names)
     │   ├── UnknownProfileError             worker profile not defined
-    │   └── JobArgumentError                job arguments that are not JSON-safe
+    │   ├── JobArgumentError                job arguments that are not JSON-safe
+    │   └── PiiRefusedError                 personal data asked for without the role for it
     ├── UnreachableError            exit 3  a backing service cannot be reached
     │   ├── RedisUnreachableError
     │   └── DatabaseUnreachableError
     ├── EmbeddedRedisError          exit 1  the bundled redis-server could not be started
-    └── UnregisteredJobError        exit 1  a job hash names a function that is not declared
+    ├── UnregisteredJobError        exit 1  a job hash names a function that is not declared
+    ├── ExportError                 exit 1  an export or report could not be written
+    ├── JobNotFoundError            exit 1  no job (or no failed job) with this id
+    ├── ProgressNotFoundError       exit 1  no progress record the viewer may see with this id
+    ├── AlertChannelError           exit 1  an alert notice could not be delivered (mail, webhook)
+    ├── RefundError                 exit 2  a refund that cannot be made (amount, state)
+    └── GatewayError                exit 1  a payment provider's API failed
+        ├── TransientGatewayError           5xx, 429, timeout, connection: retried with backoff
+        └── PermanentGatewayError           any other 4xx: never retried
 
-Messages are written to be printed as they are: one line naming the bad value.
+    JobInterrupt                            control flow inside a running job, never shown
+    ├── JobCancelled                        raised in the job by its tracker on cancellation
+    ├── ShutdownInterrupt                   raised in the job by a fast stop of its worker
+    └── MemoryLimitExceeded                 the failure recorded for a job that blew the limit
+
+Messages are written to be printed as they are: one line naming the bad value. The
+``JobInterrupt`` classes are not errors of the user's making: the worker and the progress
+tracker raise them inside a job to stop it, and record them as the job's outcome.
 """
 
 from __future__ import annotations
@@ -78,6 +94,10 @@ class JobArgumentError(UsageError):
     """Job arguments must survive a JSON round trip (DESIGN.md: JSON serializer only)."""
 
 
+class PiiRefusedError(UsageError):
+    """``--include-pii`` by someone whose role does not permit it (or without an identity)."""
+
+
 class UnreachableError(AcmeqError):
     exit_code = ExitCode.UNREACHABLE
 
@@ -100,3 +120,63 @@ class EmbeddedRedisError(AcmeqError):
 
 class UnregisteredJobError(AcmeqError):
     """A job hash names a function that is not declared: it is never imported or run."""
+
+
+class ExportError(AcmeqError):
+    """An export or report failed (unwritable directory, too many rows for a PDF ...)."""
+
+
+class JobNotFoundError(AcmeqError):
+    """No job (or no failed job) with this id: exit 1, one line naming the id."""
+
+
+class ProgressNotFoundError(AcmeqError):
+    """No progress record with this id, or one the viewer may not see (same message)."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"job progress {job_id!r} not found")
+
+
+class AlertChannelError(AcmeqError):
+    """A notice could not be delivered; the message is one printable line."""
+
+
+# -- control flow inside a running job (not part of the AcmeqError tree) -------------------------
+
+
+class JobInterrupt(Exception):
+    """Stops a running job from inside; the worker records it as the job's outcome."""
+
+
+class JobCancelled(JobInterrupt):
+    """Raised by ``advance()`` (or in the job's thread after the grace period) on cancellation."""
+
+
+class ShutdownInterrupt(JobInterrupt):
+    """Raised inside a running job by a fast stop (second SIGTERM, or SIGINT)."""
+
+
+class MemoryLimitExceeded(JobInterrupt):
+    """Recorded as the failure of a job that drove the worker far past its memory limit."""
+
+
+class RefundError(UsageError):
+    """A refund that cannot be made: unknown donation, nothing left to refund, bad amount."""
+
+
+class GatewayError(AcmeqError):
+    """A payment provider's API call failed; ``status`` is the HTTP status (0: no reply)."""
+
+    def __init__(self, provider: str, message: str, status: int = 0) -> None:
+        self.provider = provider
+        self.status = status
+        super().__init__(f"{provider}: {message}")
+
+
+class TransientGatewayError(GatewayError):
+    """Worth retrying: the provider was unreachable, overloaded (429) or failed (5xx)."""
+
+
+class PermanentGatewayError(GatewayError):
+    """Not worth retrying: the provider refused the request (4xx other than 429)."""
