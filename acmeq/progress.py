@@ -46,11 +46,8 @@ raises, not an error a user meets.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
-import math
-import os
 import threading
 import time
 from collections import deque
@@ -65,9 +62,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from acmeq.config.settings import Settings, process_settings
-from acmeq.errors import UsageError
+from acmeq.errors import JobCancelled, UsageError
 from acmeq.storage.models import JobStatus
 from acmeq.tracking import store
+from acmeq.tracking import ticker as ticking
 from acmeq.tracking.live import (
     CANCEL_CHANNEL,
     DEFAULT_GRACE_S,
@@ -78,146 +76,27 @@ from acmeq.tracking.live import (
     cancel_request,
     cancel_requested,
     channel,
-    publish,
     request_cancel,
     stop_requested,
     stop_running_job,
 )
+from acmeq.tracking.rate import SMOOTHING_S, RateEstimator
 from acmeq.tracking.store import (
     ProgressRecord,
     create_pending,
     mark_abandoned,
     mark_cancelled,
+    publish,
 )
+from acmeq.tracking.ticker import Ticker
 
 log = logging.getLogger("acmeq.progress")
 T = TypeVar("T")
 
-FLUSH_INTERVAL_S = 0.5  # at most ~2 writes per second per job
 STALL_S = 1.0  # a tracker that has not flushed this long has its cancel key polled by the ticker
 FORCED_FINAL_S = 2.0  # a forced stop not seen by the job this long: the ticker writes the end
-SMOOTHING_S = 10.0  # time constant of the rate's exponential smoothing
 ERRORS_KEPT = 10  # item failures kept (newest) with their reasons
 WARN_EVERY_S = 60.0
-
-
-class JobCancelled(Exception):
-    """Raised by ``advance()`` (or in the job's thread after the grace period) on cancellation."""
-
-
-# ---------------------------------------------------------------------------------------------
-# ETA: an exponentially smoothed rate
-
-
-class RateEstimator:
-    """Items per second, smoothed exponentially over time (time constant ``tau`` seconds).
-
-    Each :meth:`update` blends the rate of the last interval into the estimate with weight
-    ``1 - exp(-dt / tau)``: unlike the naive average since the start, the estimate follows a job
-    whose speed changes (a slow warm-up, a faster second half) within a few ``tau``, and unlike
-    the last interval's rate alone it does not jump with every hiccup. Uneven intervals are
-    weighted by their length.
-    """
-
-    def __init__(self, tau: float = SMOOTHING_S) -> None:
-        if tau <= 0:
-            raise UsageError(f"smoothing must be > 0 seconds, got {tau!r}")
-        self.tau = tau
-        self.rate: float | None = None
-        self._t: float | None = None
-        self._n = 0
-
-    def update(self, count: int, now: float) -> float | None:
-        """Record that ``count`` items were done by ``now`` (monotonic seconds); return the rate."""
-        if self._t is None:
-            self._t, self._n = now, count
-            return self.rate
-        dt = now - self._t
-        if dt <= 0:
-            return self.rate
-        instant = max(0, count - self._n) / dt
-        if self.rate is None:
-            self.rate = instant
-        else:
-            self.rate += (1.0 - math.exp(-dt / self.tau)) * (instant - self.rate)
-        self._t, self._n = now, count
-        return self.rate
-
-    def eta_seconds(self, remaining: int) -> float | None:
-        if self.rate is None or self.rate <= 0:
-            return None
-        return max(0, remaining) / self.rate
-
-
-# ---------------------------------------------------------------------------------------------
-# The ticker: one thread per process raising the flush flag of every live tracker
-
-
-def _raise_in_thread(thread_id: int, exc: type[BaseException] | None) -> None:
-    # None clears an exception that was set but not raised yet.
-    arg = ctypes.py_object(exc) if exc is not None else None
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), arg)
-
-
-class _Ticker:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.trackers: set[Tracker] = set()
-        self.running = False
-
-    def add(self, tracker: Tracker) -> None:
-        with self.lock:
-            self.trackers.add(tracker)
-            if not self.running:
-                self.running = True
-                threading.Thread(target=self._run, name="acmeq-progress", daemon=True).start()
-
-    def remove(self, tracker: Tracker, *, clear: bool = True) -> bool:
-        """Forget ``tracker``; return whether a forced stop was fired at it.
-
-        ``clear``: the job's thread is leaving the tracker, so a forced stop not raised yet is
-        moot and is withdrawn (it must not land in the worker's code after the job).
-        """
-        with self.lock:
-            self.trackers.discard(tracker)
-            forced = tracker._forced
-            if forced and clear:
-                _raise_in_thread(tracker._thread_id, None)
-            return forced
-
-    def force(self, tracker: Tracker) -> None:
-        with self.lock:
-            if tracker in self.trackers and not tracker._forced:
-                tracker._forced = True
-                tracker._forced_at = time.monotonic()
-                _raise_in_thread(tracker._thread_id, JobCancelled)
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(FLUSH_INTERVAL_S)
-            with self.lock:
-                if not self.trackers:
-                    self.running = False
-                    return
-                trackers = list(self.trackers)
-            for tracker in trackers:
-                tracker._due = True
-                try:
-                    tracker._watch(self)
-                except Exception:  # never let one tracker's trouble stop the others' ticks
-                    log.exception("progress ticker: job %s", tracker.job_id)
-
-
-_ticker = _Ticker()
-
-
-def _reset_ticker_in_child() -> None:
-    # The thread does not survive a fork and its lock may have been held: start afresh.
-    global _ticker
-    _ticker = _Ticker()
-
-
-os.register_at_fork(after_in_child=_reset_ticker_in_child)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,7 +278,7 @@ class Tracker:
             exc = JobCancelled(self._cancel_text())
             self._close(JobCancelled, exc)
             raise exc
-        _ticker.add(self)
+        ticking.current().add(self)
         return self
 
     def __exit__(
@@ -409,9 +288,9 @@ class Tracker:
         tb: TracebackType | None,
     ) -> None:
         try:
-            forced = _ticker.remove(self)
+            forced = ticking.current().remove(self)
         except JobCancelled:  # the forced stop landed just here; the ticker fires only once
-            forced = _ticker.remove(self)
+            forced = ticking.current().remove(self)
             exc_type, exc = JobCancelled, JobCancelled()
         if forced and exc_type is JobCancelled:
             self._raised = True
@@ -495,7 +374,7 @@ class Tracker:
             self._warned[kind] = now
             log.warning("%s", text)
 
-    def _watch(self, ticker: _Ticker) -> None:
+    def _watch(self, ticker: Ticker) -> None:
         """Ticker thread: poll the cancel key of a stalled tracker; force a stop when overdue."""
         now = time.monotonic()
         if self._forced:

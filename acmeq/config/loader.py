@@ -20,7 +20,7 @@ from acmeq.config import defaults
 from acmeq.config import exports as exports_config
 from acmeq.config import maintenance as maintenance_config
 from acmeq.config import payments as payments_config
-from acmeq.config.settings import (
+from acmeq.config.specs import (
     ENV_KEYS,
     LIST_ENV,
     SECRET_KEYS,
@@ -31,7 +31,6 @@ from acmeq.config.settings import (
     ProfileSpec,
     QueueSpec,
     RedisSettings,
-    Settings,
     Strategy,
     SupervisorSpec,
     default_state_dir,
@@ -113,7 +112,8 @@ class Loader:
         self.sources: dict[str, str] = {}
 
     # -- layering ----------------------------------------------------------------------------
-    def load(self) -> Settings:
+    def load(self) -> dict[str, Any]:
+        """The keyword arguments of :class:`acmeq.config.settings.Settings` (all validated)."""
         self.values = _flatten(_default_tree())
         self.sources = dict.fromkeys(self.values, "default")
         if self.path is not None:
@@ -254,7 +254,7 @@ class Loader:
             return next(iter(enum))
 
     # -- building -------------------------------------------------------------------------------
-    def _build(self) -> Settings:
+    def _build(self) -> dict[str, Any]:
         redis = self._build_redis()
         database_url = self._str("database.url") or None
         if database_url and "://" not in database_url:
@@ -266,7 +266,7 @@ class Loader:
         modules = self._list(
             "jobs.modules", lambda v: isinstance(v, str) and bool(v), "module names"
         )
-        return Settings(
+        return dict(
             redis=redis,
             database_url=database_url,
             state_dir=state_dir,

@@ -39,7 +39,7 @@ from rq.serializers import JSONSerializer
 from acmeq import pii
 from acmeq.allowlist import JobRegistry
 from acmeq.config.settings import Settings
-from acmeq.errors import AcmeqError, UsageError
+from acmeq.errors import AcmeqError, JobNotFoundError, UsageError
 from acmeq.ops.failure_log import exception_line
 from acmeq.queues import AcmeqJob, queue_spec, registry_for
 from acmeq.storage.redis_client import text
@@ -55,10 +55,6 @@ FAILED_KEY = FailedJobRegistry.key_template  # rq:failed:{0}
 
 def _results_key(job_id: str) -> str:
     return f"rq:results:{job_id}"  # RQ's Result.get_key (untyped)
-
-
-class JobNotFoundError(AcmeqError):
-    """No job (or no failed job) with this id: exit 1, one line naming the id."""
 
 
 # -- filters ---------------------------------------------------------------------------------------

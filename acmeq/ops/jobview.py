@@ -20,7 +20,8 @@ from rq.serializers import JSONSerializer
 from acmeq import pii
 from acmeq.allowlist import JobRegistry
 from acmeq.config.settings import Settings
-from acmeq.ops.failed import FAILED_KEY, JobNotFoundError, iso, resolve_name
+from acmeq.errors import JobNotFoundError
+from acmeq.ops.failed import FAILED_KEY, iso, resolve_name
 from acmeq.ops.failure_log import exception_line
 from acmeq.queues import AcmeqJob, registry_for
 

@@ -25,7 +25,7 @@ from typing import Any
 import redis
 from sqlalchemy.engine import Engine
 
-from acmeq.errors import AcmeqError
+from acmeq.errors import AcmeqError, ProgressNotFoundError
 from acmeq.storage.models import JobStatus
 from acmeq.storage.redis_client import text
 from acmeq.tracking import store
@@ -37,7 +37,7 @@ from acmeq.tracking.live import (
     request_cancel,
     stop_running_job,
 )
-from acmeq.tracking.store import ProgressNotFoundError, ProgressRecord, Viewer, mark_cancelled
+from acmeq.tracking.store import ProgressRecord, Viewer, mark_cancelled
 
 log = logging.getLogger("acmeq.progress")
 

@@ -1,7 +1,7 @@
 """The Redis side of job progress: pub/sub channels and cancel requests.
 
-- Every progress write is published as the record's JSON (:meth:`ProgressRecord.as_dict`) on
-  ``acmeq:progress:<job id>`` and on ``acmeq:progress`` (every job).
+- Every progress write is published as the record's JSON on ``acmeq:progress:<job id>`` and on
+  ``acmeq:progress`` (every job): :func:`acmeq.tracking.store.publish`.
 - ``acmeq job cancel`` files a :class:`CancelRequest` under ``acmeq:cancel:<job id>`` and
   publishes the id on ``acmeq:cancel``; the job's tracker reads the key at its flushes
   (:mod:`acmeq.progress`). A worker can ask :func:`stop_requested` which of its running jobs are
@@ -14,31 +14,20 @@ import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import redis
 
-from acmeq.constants import KEY_PREFIX
-
-if TYPE_CHECKING:
-    from acmeq.tracking.store import ProgressRecord
+from acmeq import keys
 
 DEFAULT_GRACE_S = 10.0  # cooperative cancel: how long before the job is stopped by force
 CANCEL_TTL_S = 24 * 3600
 FORCED_NOTE = " (stopped after the grace period)"  # ends the message of a job stopped by force
 
-PROGRESS_CHANNEL = KEY_PREFIX + "progress"  # every record, for watchers of all jobs
-CANCEL_CHANNEL = KEY_PREFIX + "cancel"  # job ids whose cancellation was requested
-_CANCEL_KEY = KEY_PREFIX + "cancel:{job_id}"
-
-
-def channel(job_id: str) -> str:
-    """The pub/sub channel of one job's progress: ``acmeq:progress:<job id>``."""
-    return f"{PROGRESS_CHANNEL}:{job_id}"
-
-
-def cancel_key(job_id: str) -> str:
-    return _CANCEL_KEY.format(job_id=job_id)
+# The names stay importable from here (and from acmeq.progress) for jobs and scripts.
+PROGRESS_CHANNEL = keys.PROGRESS_CHANNEL  # every record, for watchers of all jobs
+CANCEL_CHANNEL = keys.CANCEL_CHANNEL  # job ids whose cancellation was requested
+channel = keys.progress_channel  # one job's progress: acmeq:progress:<job id>
+cancel_key = keys.cancel  # acmeq:cancel:<job id>
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,12 +103,3 @@ def stop_requested(connection: redis.Redis, job_ids: Iterable[str]) -> set[str]:
         for i, raw in zip(ids, raws, strict=True)
         if raw and CancelRequest.parse(raw).stop_at <= now
     }
-
-
-def publish(connection: redis.Redis, record: ProgressRecord) -> None:
-    """Publish ``record`` on its job's channel and the global one."""
-    payload = json.dumps(record.as_dict())
-    with connection.pipeline(transaction=False) as pipe:
-        pipe.publish(channel(record.id), payload)
-        pipe.publish(PROGRESS_CHANNEL, payload)
-        pipe.execute()

@@ -32,9 +32,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
-from acmeq.errors import AcmeqError, UsageError
+from acmeq import keys
+from acmeq.errors import ProgressNotFoundError, UsageError
 from acmeq.storage.models import JobProgress, JobStatus, User, UserRole
-from acmeq.tracking.live import publish
 
 if TYPE_CHECKING:
     from acmeq.config.settings import Settings
@@ -44,14 +44,6 @@ USERS: sa.Table = SQLModel.metadata.tables[User.__tablename__]
 
 RESERVED_META_KEY = "acmeq"  # live figures without a column: {"rate": ..., "errors": [...]}
 ACTIVE = (JobStatus.PENDING, JobStatus.RUNNING)
-
-
-class ProgressNotFoundError(AcmeqError):
-    """No progress record with this id, or one the viewer may not see (same message)."""
-
-    def __init__(self, job_id: str) -> None:
-        self.job_id = job_id
-        super().__init__(f"job progress {job_id!r} not found")
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -496,3 +488,12 @@ def with_status(record: ProgressRecord, status: JobStatus, message: str) -> Prog
         finished_at=now if status.finished else None,
         eta_at=None,
     )
+
+
+def publish(connection: redis.Redis, record: ProgressRecord) -> None:
+    """Publish ``record`` as JSON on its job's channel and the global one."""
+    payload = json.dumps(record.as_dict())
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.publish(keys.progress_channel(record.id), payload)
+        pipe.publish(keys.PROGRESS_CHANNEL, payload)
+        pipe.execute()

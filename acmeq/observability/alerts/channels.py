@@ -1,6 +1,6 @@
 """Where alert notices go: the log, mail over SMTP, and a Slack-compatible JSON webhook.
 
-Each sender takes one :class:`Notice` and either delivers it or raises :class:`ChannelError`
+Each sender takes one :class:`Notice` and either delivers it or raises :class:`AlertChannelError`
 with one line naming the channel, the destination and the reason (``email to ops@acme.example via
 localhost:25: Connection refused``), which `acmeq alerts test` prints as it is. The log channel
 cannot fail. Retrying a failed delivery is the caller's business
@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 from acmeq import __version__
 from acmeq.config.settings import Settings
+from acmeq.errors import AlertChannelError
 
 log = logging.getLogger("acmeq.observability.alerts.engine")
 
@@ -69,10 +70,6 @@ _COLORS = {
     NoticeKind.RESOLVED: "good",
     NoticeKind.TEST: "#439FE0",
 }
-
-
-class ChannelError(Exception):
-    """A notice could not be delivered; the message is one printable line."""
 
 
 @dataclass(frozen=True)
@@ -150,7 +147,7 @@ def configured(settings: Settings) -> list[Channel]:
 
 
 def send(channel: Channel, settings: Settings, notice: Notice) -> None:
-    """Deliver ``notice`` on one channel; raise :class:`ChannelError` when it cannot."""
+    """Deliver ``notice`` on one channel; raise :class:`AlertChannelError` when it cannot."""
     if channel is Channel.LOG:
         log_notice(notice)
     elif channel is Channel.EMAIL:
@@ -242,7 +239,7 @@ def send_email(settings: Settings, notice: Notice) -> None:
     to = recipients(settings)
     where = describe(Channel.EMAIL, settings)
     if not to:
-        raise ChannelError(f"{where}: no recipient (set QUEUE_ALERT_EMAIL)")
+        raise AlertChannelError(f"{where}: no recipient (set QUEUE_ALERT_EMAIL)")
     msg = build_email(settings, notice)
     try:
         smtp: smtplib.SMTP
@@ -260,7 +257,7 @@ def send_email(settings: Settings, notice: Notice) -> None:
                 smtp.login(cfg.smtp_user, cfg.smtp_password or "")
             refused = smtp.send_message(msg, from_addr=cfg.mail_from, to_addrs=to)
     except (OSError, smtplib.SMTPException) as exc:
-        raise ChannelError(f"{where}: {_reason(exc)}") from None
+        raise AlertChannelError(f"{where}: {_reason(exc)}") from None
     if refused:
         # Some recipients took it: the notice is delivered; say who did not.
         log.error("%s: refused by the server for %s", where, ", ".join(sorted(refused)))
@@ -322,7 +319,7 @@ def send_webhook(settings: Settings, notice: Notice) -> None:
     url = settings.alerts.webhook_url
     where = describe(Channel.WEBHOOK, settings)
     if not url:
-        raise ChannelError(f"{where}: no URL (set ACMEQ_ALERT_WEBHOOK_URL)")
+        raise AlertChannelError(f"{where}: no URL (set ACMEQ_ALERT_WEBHOOK_URL)")
     request = urllib.request.Request(
         url,
         data=json.dumps(webhook_payload(notice)).encode(),
@@ -333,13 +330,13 @@ def send_webhook(settings: Settings, notice: Notice) -> None:
         with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT_S) as response:
             response.read(1024)
     except urllib.error.HTTPError as exc:
-        raise ChannelError(f"{where}: HTTP {exc.code} {exc.reason}") from None
+        raise AlertChannelError(f"{where}: HTTP {exc.code} {exc.reason}") from None
     except urllib.error.URLError as exc:
         reason = exc.reason
         text = _reason(reason) if isinstance(reason, BaseException) else str(reason)
-        raise ChannelError(f"{where}: {text}") from None
+        raise AlertChannelError(f"{where}: {text}") from None
     except (OSError, ValueError) as exc:
-        raise ChannelError(f"{where}: {_reason(exc)}") from None
+        raise AlertChannelError(f"{where}: {_reason(exc)}") from None
 
 
 def send_all(
@@ -351,6 +348,6 @@ def send_all(
         try:
             send(channel, settings, notice)
             results[channel] = None
-        except ChannelError as exc:
+        except AlertChannelError as exc:
             results[channel] = str(exc)
     return results

@@ -46,10 +46,10 @@ from typing import Any
 import redis
 
 from acmeq.config.settings import Settings
+from acmeq.errors import AlertChannelError
 from acmeq.constants import KEY_PREFIX
 from acmeq.observability.alerts.channels import (
     Channel,
-    ChannelError,
     Notice,
     NoticeKind,
     Severity,
@@ -200,7 +200,7 @@ def deliver_outbox(
                 continue
             try:
                 send(Channel(name), settings, notice)
-            except ChannelError as exc:
+            except AlertChannelError as exc:
                 blocked.add(name)
                 failures = int(health.get(name, {}).get("failures", 0)) + 1
                 wait = CHANNEL_BACKOFF_S[min(failures, len(CHANNEL_BACKOFF_S)) - 1]
