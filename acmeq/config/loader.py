@@ -18,8 +18,10 @@ from urllib.parse import urlsplit
 
 from acmeq.config import defaults
 from acmeq.config import exports as exports_config
+from acmeq.config import mail as mail_config
 from acmeq.config import maintenance as maintenance_config
 from acmeq.config import payments as payments_config
+from acmeq.config import schedules as schedules_config
 from acmeq.config.specs import (
     ENV_KEYS,
     LIST_ENV,
@@ -97,6 +99,9 @@ def _default_tree() -> dict[str, Any]:
         **copy.deepcopy(maintenance_config.DEFAULTS),
         **copy.deepcopy(exports_config.DEFAULTS),
         **copy.deepcopy(payments_config.DEFAULTS),
+        "mail": mail_config.mail_defaults(),
+        "scheduler": schedules_config.scheduler_defaults(),
+        "schedules": schedules_config.schedule_defaults(),
     }
 
 
@@ -149,6 +154,8 @@ class Loader:
     def _known_key(self, key: str) -> bool:
         parts = key.split(".")
         if key in self.values:
+            return True
+        if schedules_config.known_schedule_key(key):
             return True
         if parts[0] == "queues" and len(parts) == 3:
             return parts[2] in defaults.NEW_QUEUE
@@ -282,6 +289,9 @@ class Loader:
             backup=maintenance_config.build_backup(self),
             exports=exports_config.build_exports(self),
             payments=payments_config.build(self),
+            mail=mail_config.build_mail(self),
+            scheduler=schedules_config.build_scheduler(self),
+            schedules=schedules_config.build_schedules(self),
             config_path=self.path,
             values=dict(self.values),
             sources=dict(self.sources),

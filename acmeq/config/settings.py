@@ -17,8 +17,10 @@ from typing import Any
 
 from acmeq.config.exports import ExportSettings
 from acmeq.config.loader import Loader
+from acmeq.config.mail import MailSettings
 from acmeq.config.maintenance import BackupSettings, CleanupSettings
 from acmeq.config.payments import PaymentSettings
+from acmeq.config.schedules import SchedulerSettings, ScheduleSpec
 from acmeq.config.specs import (
     ENV_KEYS,
     LIST_ENV,
@@ -76,6 +78,9 @@ class Settings:
     backup: BackupSettings = field(default_factory=BackupSettings)  # [backup]
     exports: ExportSettings = field(default_factory=ExportSettings)  # [exports]
     payments: PaymentSettings = field(default_factory=PaymentSettings)  # [webhooks], [payments]
+    mail: MailSettings = field(default_factory=MailSettings)  # [mail]
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)  # [scheduler]
+    schedules: Mapping[str, ScheduleSpec] = field(default_factory=dict)  # [schedules.NAME]
     config_path: Path | None = None
     # dotted key -> value and where it came from ("default", a TOML path, "env NAME")
     values: Mapping[str, Any] = field(default_factory=dict, repr=False)

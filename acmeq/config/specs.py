@@ -14,7 +14,9 @@ from enum import StrEnum
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from acmeq.config import mail as _mail
 from acmeq.config import payments as _payments
+from acmeq.config import schedules as _schedules
 from acmeq.constants import (
     CONNECT_TIMEOUT_S,
     DEFAULT_REDIS_DB,
@@ -46,6 +48,8 @@ ENV_KEYS: dict[str, str] = {
     "QUEUE_MEDIUM_WORKERS": "workers.medium",
     "QUEUE_LOW_WORKERS": "workers.low",
     **_payments.ENV_KEYS,
+    **_mail.MAIL_ENV_KEYS,
+    **_schedules.SCHEDULER_ENV_KEYS,
 }
 LIST_ENV = {"REDIS_SENTINELS", "ACMEQ_JOB_MODULES", *_payments.LIST_ENV}
 # A Slack-style webhook URL is itself the credential (anyone holding it can post), so it is
@@ -55,6 +59,7 @@ SECRET_KEYS = {
     "monitoring.smtp_password",
     "monitoring.webhook_url",
     *_payments.SECRET_KEYS,
+    *_mail.MAIL_SECRET_KEYS,
 }
 TIERS = ("high", "medium", "low")
 
