@@ -11,19 +11,13 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
-from acmeq.commands.common import console, emit_json, err_console, settings
+from acmeq.commands.common import settings
+from acmeq.commands.render import console, emit_json, err_console, show, table
 from acmeq.constants import ExitCode
 from acmeq.errors import AcmeqError, UsageError
-from acmeq.observability.alerts.channels import (
-    Channel,
-    Notice,
-    configured,
-    describe,
-    duration,
-    send_all,
-)
+from acmeq.observability.alerts.channels import Channel, configured, describe, send_all
+from acmeq.observability.alerts.notice import Notice, duration
 from acmeq.storage.redis_client import connect_checked
 
 if TYPE_CHECKING:
@@ -96,12 +90,18 @@ def _render(cfg: Any, data: dict[str, Any]) -> None:
     if not data["active"]:
         console.print("no active alerts")
     else:
-        table = Table(
-            "alert", "severity", "since", "last notified", "message", box=None, pad_edge=False
+        active = table(
+            "alert",
+            "severity",
+            "since",
+            "last notified",
+            "message",
+            ids=["alert"],
+            fold=["message"],
         )
         for row in data["active"]:
             style = "bold red" if row.get("severity") == "critical" else "yellow"
-            table.add_row(
+            active.add_row(
                 row["id"],
                 row.get("severity", ""),
                 _ago(row.get("since")),
@@ -110,18 +110,18 @@ def _render(cfg: Any, data: dict[str, Any]) -> None:
                 style=style,
             )
         console.print(f"active alerts ({len(data['active'])}):")
-        console.print(table)
+        show(active)
     if data["history"]:
-        table = Table("at", "notice", "alert", "message", box=None, pad_edge=False)
+        history = table("at", "notice", "alert", "message", ids=["alert"], fold=["message"])
         for n in data["history"]:
-            table.add_row(
+            history.add_row(
                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(n["at"]))),
                 str(n["kind"]).upper(),
                 n["alert_id"],
                 n["message"],
             )
         console.print(f"last {len(data['history'])} notices (newest first):")
-        console.print(table)
+        show(history)
 
 
 @app.command("test")

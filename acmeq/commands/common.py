@@ -1,19 +1,14 @@
-"""What every command group shares: the loaded settings, consoles and JSON output."""
+"""What every command group shares: the loaded settings (output lives in :mod:`render`)."""
 
 from __future__ import annotations
 
-import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from rich.console import Console
-
+from acmeq.commands.render import console, emit_json, err_console
 from acmeq.config.settings import Settings
 
-console = Console()
-err_console = Console(stderr=True)
+__all__ = ["CliState", "console", "emit_json", "err_console", "settings", "state"]
 
 
 @dataclass
@@ -32,9 +27,3 @@ def settings() -> Settings:
     if state._settings is None:
         state._settings = Settings.load(state.config_path)
     return state._settings
-
-
-def emit_json(data: Any) -> None:
-    """Print machine-readable output on stdout: stable keys, ISO times, no colour."""
-    sys.stdout.write(json.dumps(data, indent=2, default=str, sort_keys=False) + "\n")
-    sys.stdout.flush()

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from acmeq.commands.common import console, emit_json, settings
+from acmeq.commands import render
+from acmeq.commands.common import settings
+from acmeq.commands.render import console, emit_json, table
 from acmeq.config.settings import SECRET_KEYS, Settings, mask_url
 
 app = typer.Typer(help="Show or validate the effective configuration.", no_args_is_help=True)
@@ -55,12 +56,13 @@ def show(
         )
         return
     console.print(f"config file: {cfg.config_path or '(none)'}")
-    table = Table("key", "value", "source", box=None, pad_edge=False)
+    # Keys are never shortened (they are what one greps for); long values wrap on a terminal.
+    out = table("key", "value", "source", ids=["key"], fold=["value"])
     for key, row in rows.items():
         source = row["source"]
         style = "dim" if source == "default" else "bold"
-        table.add_row(key, str(row["value"]), source, style=style)
-    console.print(table)
+        out.add_row(key, str(row["value"]), source, style=style)
+    render.show(out)
 
 
 @app.command()

@@ -7,9 +7,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.rule import Rule
-from rich.table import Table
 
-from acmeq.commands.common import console, emit_json, settings
+from acmeq.commands.common import settings
+from acmeq.commands.render import console, emit_json, layout_width, show, table
 from acmeq.constants import ExitCode
 
 app = typer.Typer(help="Run the demo, or seed realistic demo data.", invoke_without_command=True)
@@ -17,16 +17,17 @@ app = typer.Typer(help="Run the demo, or seed realistic demo data.", invoke_with
 
 class RichDemoOutput:
     def step(self, title: str) -> None:
-        console.print(Rule(f"[bold]{title}[/]", align="left"))
+        console.print(Rule(f"[bold]{title}[/]", align="left"), width=layout_width())
 
     def line(self, text: str) -> None:
         console.print("  " + text, highlight=False)
 
     def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        table = Table(*columns, title=title, title_justify="left", box=None, pad_edge=False)
+        out = table(*columns)
+        out.title, out.title_justify = title, "left"
         for row in rows:
-            table.add_row(*(str(cell) for cell in row))
-        console.print(table)
+            out.add_row(*(str(cell) for cell in row))
+        show(out)
 
 
 @app.callback()

@@ -13,7 +13,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from acmeq.commands.common import console, emit_json, settings
+from acmeq.commands import render
+from acmeq.commands.common import settings
+from acmeq.commands.render import console, emit_json
+from acmeq.commands.render import table as new_table
 from acmeq.errors import UsageError
 
 if TYPE_CHECKING:  # imported lazily at run time: `acmeq --help` stays quick
@@ -94,7 +97,7 @@ def _when(value: datetime | None) -> str:
 
 
 def _table(entries: Sequence[FailedEntry], rows: int | None = None) -> Table:
-    table = Table("id", "queue", "job", "failed at (UTC)", "exception", box=None, pad_edge=False)
+    table = new_table("id", "queue", "job", "failed at (UTC)", "exception", ids=["id"])
     for e in entries[:rows] if rows else entries:
         table.add_row(e.id, e.queue, e.job, _when(e.failed_at), escape(e.exception) or "-")
     return table
@@ -115,7 +118,7 @@ def _report(verb: str, entries: Sequence[FailedEntry], note: str = "") -> None:
         console.print(f"{verb} 0 failed jobs")
         return
     console.print(f"{verb} {_plural(len(entries))} ({_by_queue(entries)}){note}:")
-    console.print(_table(entries, TABLE_ROWS))
+    render.show(_table(entries, TABLE_ROWS))
     if len(entries) > TABLE_ROWS:
         console.print(f"... and {len(entries) - TABLE_ROWS} more (--json lists them all)")
 
@@ -151,7 +154,7 @@ def list_(
         )
         return
     if page.entries:
-        console.print(_table(page.entries))
+        render.show(_table(page.entries))
     else:
         console.print("no failed jobs" + (" match" if flt.narrows or queue else ""))
     if len(page.entries) == limit:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from acmeq.commands.common import console, emit_json, settings
+from acmeq.commands import render
+from acmeq.commands.common import settings
 from acmeq.commands.progress import AsUser, database, fmt_done, viewer_for
+from acmeq.commands.render import console, emit_json, table
 from acmeq.queues import registry_for
 
 app = typer.Typer(help="Registered job functions and single jobs.", no_args_is_help=True)
@@ -28,10 +29,10 @@ def list_jobs(
             ]
         )
         return
-    table = Table("job", "queue", "function", "description", box=None, pad_edge=False)
+    out = table("job", "queue", "function", "description", ids=["job"], fold=["description"])
     for j in jobs:
-        table.add_row(j.name, j.queue, j.path, j.description)
-    console.print(table)
+        out.add_row(j.name, j.queue, j.path, j.description)
+    render.show(out)
 
 
 @app.command("cancel")

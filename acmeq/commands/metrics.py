@@ -11,7 +11,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from acmeq.commands.common import console, emit_json, settings
+from acmeq.commands.common import settings
+from acmeq.commands.render import console, emit_json, layout_width
 from acmeq.commands.status import count, duration, rate, table
 
 if TYPE_CHECKING:  # the core module is imported when the command runs, not with the CLI
@@ -48,7 +49,7 @@ def show(
     if as_json:
         emit_json(result.as_dict())
         return
-    console.print(render(result, console.width))
+    console.print(render(result, layout_width()))
 
 
 @app.command()

@@ -20,7 +20,15 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from acmeq.commands.common import console, emit_json, settings
+from acmeq.commands.common import settings
+from acmeq.commands.render import (
+    UNLIMITED,
+    console,
+    emit_json,
+    json_line,
+    keep_ids,
+    mark_id_column,
+)
 from acmeq.config.settings import Settings
 from acmeq.errors import UsageError
 
@@ -138,27 +146,23 @@ def eta_text(record: ProgressRecord, now: datetime) -> str:
     return fmt_duration(record.eta_seconds(now))
 
 
-def progress_table(
-    records: Sequence[ProgressRecord], *, full_ids: bool = True, width: int | None = None
-) -> Table:
+def progress_table(records: Sequence[ProgressRecord], *, width: int | None = None) -> Table:
     """One row per job: id, job, status, bar, %, done/total, failed, rate, ETA, message.
 
     The ETA column shows the time left while a job runs and the time it took once it ended.
-    Given the console ``width``, the message gets the room left (dropped below 10 columns) and,
-    if still too wide, short ids are dropped too: the numbers are never squeezed.
+    Job ids are always shown whole (they are what one copies). Given the console ``width`` (a
+    terminal's), the bar is shortened first, then the message gets the room left (dropped
+    below 10 columns); without one (not a terminal) every cell is shown in full.
     """
-    if width is None:
-        return _table(records, full_ids, True, BAR_WIDTH, 0)
-    with_id, bar_width = True, BAR_WIDTH
-    natural = _measure(_table(records, full_ids, with_id, bar_width, -1))
+    if width is None or width >= UNLIMITED:
+        return _table(records, BAR_WIDTH, 0, job_width=None)
+    bar_width = BAR_WIDTH
+    natural = _measure(_table(records, bar_width, -1))
     if natural > width:  # a shorter bar first
         bar_width = max(MIN_BAR_WIDTH, bar_width - (natural - width))
-        natural = _measure(_table(records, full_ids, with_id, bar_width, -1))
-    if natural > width and not full_ids:
-        with_id = False
-        natural = _measure(_table(records, full_ids, with_id, bar_width, -1))
+        natural = _measure(_table(records, bar_width, -1))
     room = width - natural - 1
-    return _table(records, full_ids, with_id, bar_width, room if room >= 10 else -1)
+    return _table(records, bar_width, room if room >= 10 else -1)
 
 
 def _measure(table: Table) -> int:
@@ -167,17 +171,16 @@ def _measure(table: Table) -> int:
 
 def _table(
     records: Sequence[ProgressRecord],
-    full_ids: bool,
-    with_id: bool,
     bar_width: int,
     message_width: int,
+    job_width: int | None = 24,
 ) -> Table:
     # message_width: 0 unlimited, -1 no message column.
     now = datetime.now(UTC)
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, padding=(0, 0))
-    if with_id:
-        table.add_column("job id", no_wrap=True)
-    table.add_column("job", no_wrap=True, overflow="ellipsis", max_width=24)
+    table.add_column("job id", no_wrap=True)
+    mark_id_column(table.columns[-1])
+    table.add_column("job", no_wrap=True, overflow="ellipsis", max_width=job_width)
     table.add_column("status", no_wrap=True)
     table.add_column("progress", no_wrap=True, width=bar_width)
     for name in ("%", "done", "failed", "rate", "ETA"):
@@ -187,8 +190,8 @@ def _table(
             "message", overflow="ellipsis", no_wrap=True, max_width=message_width or None
         )
     for r in records:
-        cells: list[Any] = [r.id if full_ids else r.id[:8]] if with_id else []
-        cells += [
+        cells: list[Any] = [
+            r.id,
             r.job_name,
             status_text(r),
             bar(r, bar_width),
@@ -201,7 +204,7 @@ def _table(
         if message_width >= 0:
             cells.append(Text(r.message or ""))
         table.add_row(*cells)
-    return table
+    return keep_ids(table)
 
 
 def summary(records: Sequence[ProgressRecord]) -> str:
@@ -273,13 +276,12 @@ def _watch_json(watch: ProgressWatch) -> int:
 
 
 def _json_line(record: ProgressRecord) -> None:
-    sys.stdout.write(json.dumps(record.as_dict()) + "\n")
-    sys.stdout.flush()
+    json_line(record.as_dict())
 
 
 def _view(watch: ProgressWatch, width: int) -> Group:
     records = watch.records
-    table = progress_table(records, full_ids=False, width=width)
+    table = progress_table(records, width=width)
     return Group(table, Text(summary(records), style="dim"))
 
 

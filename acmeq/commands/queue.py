@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from acmeq.commands.common import console, emit_json, settings
+from acmeq.commands.common import settings
 from acmeq.commands.failed import DryRunOpt, JsonOpt, YesOpt, confirm
+from acmeq.commands.render import console, emit_json, show, table
 from acmeq.ops.queue_admin import clear_queue, pause_queue, queue_overview
 from acmeq.storage.redis_client import connect_checked
 
@@ -25,7 +25,8 @@ def list_queues(as_json: JsonOpt = False) -> None:
     if as_json:
         emit_json(rows)
         return
-    table = Table(
+    numbers = ("prio", "timeout", "tries", "memory", "ready", "scheduled", "started", "failed")
+    out = table(
         "queue",
         "prio",
         "timeout",
@@ -37,11 +38,11 @@ def list_queues(as_json: JsonOpt = False) -> None:
         "started",
         "failed",
         "paused",
-        box=None,
-        pad_edge=False,
+        ids=["queue"],
+        right=numbers,
     )
     for r in rows:
-        table.add_row(
+        out.add_row(
             r["name"],
             str(r["priority"]),
             f"{r['timeout']}s",
@@ -54,7 +55,7 @@ def list_queues(as_json: JsonOpt = False) -> None:
             str(r["failed"]),
             "[yellow]paused[/]" if r["paused"] else "-",
         )
-    console.print(table)
+    show(out)
 
 
 @app.command()

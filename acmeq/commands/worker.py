@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from acmeq.commands.common import console, emit_json, settings
+from acmeq.commands.common import settings
+from acmeq.commands.render import console, emit_json, show, table
 from acmeq.constants import ExitCode
 from acmeq.errors import UsageError
 
@@ -240,7 +240,7 @@ def list_(as_json: JsonOpt = False) -> None:
             f"[{style}]master {m.name}[/] on {m.hostname} pid {m.pid}, profile "
             f"{m.profile}, {m.status}, up {age}"
         )
-        table = Table(
+        procs = table(
             "supervisor",
             "queue",
             "pid",
@@ -249,13 +249,13 @@ def list_(as_json: JsonOpt = False) -> None:
             "RSS",
             "jobs",
             "uptime",
-            box=None,
-            pad_edge=False,
+            ids=["current job"],
+            right=["pid", "RSS", "jobs", "uptime"],
         )
         for p in m.processes:
             rss = f"{p.rss_mb:.0f} MB" if p.rss_mb is not None else "-"
             state = p.state + (" (retiring)" if p.retiring else "")
-            table.add_row(
+            procs.add_row(
                 p.supervisor,
                 p.queue,
                 str(p.pid),
@@ -265,7 +265,7 @@ def list_(as_json: JsonOpt = False) -> None:
                 str(p.jobs_done),
                 _duration(p.uptime_s),
             )
-        console.print(table)
+        show(procs)
         for sup in m.supervisors:
             for pool in sup.get("pools", []):
                 if pool.get("halted"):
@@ -326,7 +326,7 @@ def _explain(profile: str, as_json: bool) -> None:
     if as_json:
         emit_json(rows)
         return
-    table = Table(
+    out = table(
         "master",
         "supervisor",
         "queue",
@@ -336,11 +336,11 @@ def _explain(profile: str, as_json: bool) -> None:
         "busy/now",
         "want",
         "reason",
-        box=None,
-        pad_edge=False,
+        right=["ready", "oldest", "avg run", "busy/now", "want"],
+        fold=["reason"],
     )
     for r in rows:
-        table.add_row(
+        out.add_row(
             r["master"],
             r["supervisor"],
             r["queue"],
@@ -351,7 +351,7 @@ def _explain(profile: str, as_json: bool) -> None:
             str(r["desired"]),
             r["reason"],
         )
-    console.print(table)
+    show(out)
 
 
 def _simulate(path: Path, profile: str, supervisor: str | None, tick: float, as_json: bool) -> None:
