@@ -10,6 +10,7 @@ the CLI maps it to, so the CLI needs no per-command error handling::
     │   ├── UnknownJobError                 job name not in the registry (lists the valid names)
     │   ├── UnknownProfileError             worker profile not defined
     │   ├── JobArgumentError                job arguments that are not JSON-safe
+    │   ├── AmbiguousJobIdError             a job id prefix that matches several jobs
     │   └── PiiRefusedError                 personal data asked for without the role for it
     ├── UnreachableError            exit 3  a backing service cannot be reached
     │   ├── RedisUnreachableError
@@ -20,7 +21,13 @@ the CLI maps it to, so the CLI needs no per-command error handling::
     ├── JobNotFoundError            exit 1  no job (or no failed job) with this id
     ├── ProgressNotFoundError       exit 1  no progress record the viewer may see with this id
     ├── AlertChannelError           exit 1  an alert notice could not be delivered (mail, webhook)
+    ├── MailError                   exit 1  a mail could not be sent (SMTP, outbox)
+    │   └── UncertainDeliveryError          the connection broke during DATA: sent or not, unknown
+    ├── UnknownScheduleError        exit 2  no schedule with this name (lists the configured ones)
     ├── RefundError                 exit 2  a refund that cannot be made (amount, state)
+    ├── BackupError                 exit 1  a backup could not be made, verified or restored
+    │   ├── BackupToolMissingError          pg_dump / pg_restore not on PATH
+    │   └── RedisBackupUnavailableError     Redis is remote (or hides its files): back it up there
     └── GatewayError                exit 1  a payment provider's API failed
         ├── TransientGatewayError           5xx, 429, timeout, connection: retried with backoff
         └── PermanentGatewayError           any other 4xx: never retried
@@ -92,6 +99,20 @@ class UnknownProfileError(UsageError):
 
 class JobArgumentError(UsageError):
     """Job arguments must survive a JSON round trip (DESIGN.md: JSON serializer only)."""
+
+
+class AmbiguousJobIdError(UsageError):
+    """A job id prefix that matches more than one job (see :mod:`acmeq.ops.jobids`)."""
+
+    def __init__(self, prefix: str, matches: Sequence[str], shown: int = 5) -> None:
+        self.prefix = prefix
+        self.matches = list(matches)
+        names = ", ".join(self.matches[:shown]) + (", ..." if len(self.matches) > shown else "")
+        count = f"{shown}+" if len(self.matches) > shown else str(len(self.matches))
+        super().__init__(
+            f"job id prefix {prefix!r} is ambiguous: it matches {count} jobs ({names}); "
+            "give more characters"
+        )
 
 
 class PiiRefusedError(UsageError):
@@ -180,3 +201,38 @@ class TransientGatewayError(GatewayError):
 
 class PermanentGatewayError(GatewayError):
     """Not worth retrying: the provider refused the request (4xx other than 429)."""
+
+
+class BackupError(AcmeqError):
+    """A backup could not be made, verified or restored (the message says which step failed)."""
+
+
+class BackupToolMissingError(BackupError):
+    """pg_dump or pg_restore is not on PATH."""
+
+
+class RedisBackupUnavailableError(BackupError):
+    """The Redis server's files are not reachable from this host; the message says what to do."""
+
+
+class MailError(AcmeqError):
+    """A mail could not be sent; ``reason`` is the server's answer or the connection problem.
+
+    ``where`` names the transport (``smtp mail.internal:587``); the message is one line.
+    """
+
+    def __init__(self, where: str, reason: str) -> None:
+        self.where = where
+        self.reason = reason
+        super().__init__(f"{where}: {reason}")
+
+
+class UncertainDeliveryError(MailError):
+    """The connection broke after the message was handed over: it may or may not be delivered."""
+
+
+class UnknownScheduleError(UsageError):
+    def __init__(self, name: str, valid: Iterable[str]) -> None:
+        self.name = name
+        names = ", ".join(sorted(valid)) or "(none configured)"
+        super().__init__(f"unknown schedule {name!r}; configured schedules: {names}")

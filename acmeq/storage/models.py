@@ -206,6 +206,8 @@ class User(SQLModel, table=True):
     locale: str = Field(default="en", max_length=16)
     # Postal address (tax receipts); personal data: exported only with --include-pii.
     address: str | None = Field(default=None, sa_type=sa.Text, nullable=True)
+    # Campaign mailings and digests skip users who unsubscribed (migration 0002_mail).
+    unsubscribed_at: datetime | None = _at(nullable=True)
     created_at: datetime = _at()
 
 
@@ -349,6 +351,12 @@ class FailedEmail(SQLModel, table=True):
     payload: dict[str, Any] | None = _json()
     created_at: datetime = _at()
     last_attempt_at: datetime = _at()
+    # Added by migration 0002_mail: which send it was (idempotency key, job) and what became of it
+    # (failed | uncertain | retried; see acmeq.storage.models_mail.FailedEmailStatus).
+    message_key: str | None = Field(default=None, max_length=200, nullable=True)
+    job_id: str | None = Field(default=None, max_length=128, nullable=True)
+    status: str = Field(default="failed", max_length=32, index=True)
+    retried_at: datetime | None = _at(nullable=True)
 
 
 class ExportFile(SQLModel, table=True):
