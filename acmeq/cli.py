@@ -15,9 +15,12 @@ import typer
 
 from acmeq import __version__
 from acmeq.commands import alerts as alerts_cmd
+from acmeq.commands import backup as backup_cmd
+from acmeq.commands import cleanup as cleanup_cmd
 from acmeq.commands import config as config_cmd
 from acmeq.commands import db as db_cmd
 from acmeq.commands import demo as demo_cmd
+from acmeq.commands import donation as donation_cmd
 from acmeq.commands import enqueue as enqueue_cmd
 from acmeq.commands import failed as failed_cmd
 from acmeq.commands import job as job_cmd
@@ -26,6 +29,7 @@ from acmeq.commands import progress as progress_cmd
 from acmeq.commands import queue as queue_cmd
 from acmeq.commands import redis_server as redis_cmd
 from acmeq.commands import status as status_cmd
+from acmeq.commands import webhook as webhook_cmd
 from acmeq.commands import worker as worker_cmd
 from acmeq.commands.common import err_console, state
 from acmeq.constants import ExitCode
@@ -53,6 +57,12 @@ app.command(name="status", help="Redis, queues, masters and alerts on one screen
     status_cmd.status
 )
 app.add_typer(metrics_cmd.app, name="metrics")
+app.add_typer(backup_cmd.app, name="backup")
+app.add_typer(webhook_cmd.app, name="webhook")
+app.add_typer(donation_cmd.app, name="donation")
+app.command(name="cleanup", help="Delete data past its retention (--dry-run: show it).")(
+    cleanup_cmd.cleanup
+)
 
 
 def _version(value: bool) -> None:

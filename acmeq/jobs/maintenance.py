@@ -109,3 +109,26 @@ def top_campaigns(engine: Engine, limit: int = 5) -> list[dict[str, Any]]:
     )
     with engine.connect() as conn:
         return [dict(row._mapping) for row in conn.execute(stmt)]
+
+
+@job(queue="maintenance")
+def cleanup_expired_data(
+    categories: list[str] | None = None, older_than: str | None = None, dry_run: bool = False
+) -> dict[str, Any]:
+    """Delete data past its retention (seed: CleanupExpiredDataJob); returns the report."""
+    from acmeq.config.settings import process_settings
+    from acmeq.maintenance.cleanup import run_cleanup
+
+    report = run_cleanup(
+        process_settings(), only=categories, older_than=older_than, dry_run=dry_run
+    )
+    return report.as_dict()
+
+
+@job(queue="maintenance")
+def backup_database(redis: bool = False, prune: bool = True) -> dict[str, Any]:
+    """Back up the database (and Redis with ``redis=True``), then apply backup retention."""
+    from acmeq.config.settings import process_settings
+    from acmeq.maintenance.backup import create_backup
+
+    return create_backup(process_settings(), redis_data=redis, prune=prune).as_dict()
