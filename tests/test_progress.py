@@ -737,8 +737,9 @@ def test_another_users_job_is_not_found_exactly_like_a_missing_one(
         theirs = run_cli(*command, "bob-run", "--as", "alice@acme.test")
         missing = run_cli(*command, "no-such-job", "--as", "alice@acme.test")
         assert theirs.returncode == missing.returncode == 1, command
-        assert theirs.stderr == "acmeq: error: job progress 'bob-run' not found\n", command
-        assert missing.stderr == "acmeq: error: job progress 'no-such-job' not found\n", command
+        what = "job" if command[0] == "job" else "job progress"
+        assert theirs.stderr == f"acmeq: error: {what} 'bob-run' not found\n", command
+        assert missing.stderr == f"acmeq: error: {what} 'no-such-job' not found\n", command
     # while the owner and an admin see it
     own = run_cli("progress", "show", "bob-run", "--as", "bob@acme.test")
     assert own.returncode == 0, own.stderr
@@ -783,7 +784,7 @@ def test_a_job_cancelled_while_queued_cannot_be_cancelled_by_someone_else(
     progress.create_pending(settings, job.id, "progress_count", "bulk", user_id=people["alice"])
     denied = run_cli("job", "cancel", job.id, "--as", "bob@acme.test")
     assert denied.returncode == 1
-    assert denied.stderr == f"acmeq: error: job progress {job.id!r} not found\n"
+    assert denied.stderr == f"acmeq: error: job {job.id!r} not found\n"
     allowed = run_cli("job", "cancel", job.id, "--as", "alice@acme.test")
     assert allowed.returncode == 0, allowed.stderr
     final = record(progress_db, job.id)

@@ -80,6 +80,18 @@ def _connection() -> redis.Redis:
     return connect_checked(settings())
 
 
+def _resolve(ids: list[str], connection: redis.Redis) -> list[str]:
+    """Full ids for ids or unique prefixes: jobs in Redis, then the failed_jobs table."""
+    from acmeq.ops.jobids import FAILED_TABLE, redis_source, resolve_job_ids, sql_source
+    from acmeq.storage import sql
+
+    sources = [
+        redis_source(connection),
+        sql_source(sql.engine_for(settings()), FAILED_TABLE, "job_id"),
+    ]
+    return resolve_job_ids(ids, *sources)
+
+
 def _filter(
     queue: list[str] | None,
     job: list[str] | None,
@@ -168,7 +180,10 @@ def list_(
 
 @app.command()
 def show(
-    job_id: Annotated[str, typer.Argument(metavar="ID", help="The failed job's id.")],
+    job_id: Annotated[
+        str,
+        typer.Argument(metavar="ID", help="The failed job's id, or a unique prefix (6+ chars)."),
+    ],
     as_json: JsonOpt = False,
 ) -> None:
     """One failed job: arguments (personal data masked), exception, traceback, attempts, times.
@@ -178,7 +193,8 @@ def show(
     """
     from acmeq.ops.jobview import failed_detail
 
-    detail = failed_detail(settings(), _connection(), job_id)
+    connection = _connection()
+    detail = failed_detail(settings(), connection, _resolve([job_id], connection)[0])
     if as_json:
         emit_json(detail.as_dict())
         return
@@ -227,7 +243,10 @@ def print_detail(detail: JobDetail) -> None:
 @app.command()
 def retry(
     ids: Annotated[
-        list[str] | None, typer.Argument(metavar="ID", help="Failed job ids.", show_default=False)
+        list[str] | None,
+        typer.Argument(
+            metavar="ID", help="Failed job ids (or unique prefixes).", show_default=False
+        ),
     ] = None,
     all_: Annotated[
         bool, typer.Option("--all", help="Every failed job matching the filters.")
@@ -258,7 +277,7 @@ def retry(
             "(narrowed with --queue/--job/--exception/--since/--before)"
         )
     cfg, conn = settings(), _connection()
-    entries = find_failed(cfg, conn, ids) if ids else select_failed(cfg, conn, flt)
+    entries = find_failed(cfg, conn, _resolve(ids, conn)) if ids else select_failed(cfg, conn, flt)
     if dry_run:
         if as_json:
             _emit("retry", entries, [], True)

@@ -10,6 +10,7 @@ from acmeq.commands import render
 from acmeq.commands.common import settings
 from acmeq.commands.progress import AsUser, database, fmt_done, viewer_for
 from acmeq.commands.render import console, emit_json, table
+from acmeq.errors import JobNotFoundError, ProgressNotFoundError
 from acmeq.queues import registry_for
 
 app = typer.Typer(help="Registered job functions and single jobs.", no_args_is_help=True)
@@ -37,7 +38,9 @@ def list_jobs(
 
 @app.command("cancel")
 def cancel(
-    job_id: Annotated[str, typer.Argument(help="Id of the job to cancel.")],
+    job_id: Annotated[
+        str, typer.Argument(metavar="ID", help="The job's id, or a unique prefix (6+ characters).")
+    ],
     grace: Annotated[
         float,
         typer.Option(
@@ -56,15 +59,25 @@ def cancel(
     """Cancel a job: a queued one is removed from its queue; a running one stops at its next
     progress checkpoint (its cleanup runs), or by force after the grace period. Never retried.
     """
+    from acmeq.ops.jobids import PROGRESS_TABLE, redis_source, resolve_job_id, sql_source
     from acmeq.storage.redis_client import connect_checked
     from acmeq.tracking.control import cancel_job
 
     cfg = settings()
     engine = database(cfg)
     viewer = viewer_for(engine, as_user)
-    outcome = cancel_job(
-        engine, connect_checked(cfg), viewer, job_id, grace=grace, wait=not no_wait
-    )
+    connection = connect_checked(cfg)
+    # A user sees only their own jobs, so only those complete a prefix; the operator sees all.
+    sources = [sql_source(engine, PROGRESS_TABLE, user_id=None if viewer.admin else viewer.user_id)]
+    if viewer.admin:
+        sources.insert(0, redis_source(connection))
+    job_id = resolve_job_id(job_id, *sources)
+    try:
+        outcome = cancel_job(engine, connection, viewer, job_id, grace=grace, wait=not no_wait)
+    except ProgressNotFoundError:
+        # Neither a progress record nor (for the operator) a job in Redis: the same words
+        # whether the job is missing or another user's.
+        raise JobNotFoundError(f"job {job_id!r} not found") from None
     if as_json:
         emit_json(outcome.as_dict())
         return
@@ -82,17 +95,21 @@ def cancel(
 
 @app.command("show")
 def show(
-    job_id: Annotated[str, typer.Argument(metavar="ID", help="The job's id.")],
+    job_id: Annotated[
+        str, typer.Argument(metavar="ID", help="The job's id, or a unique prefix (6+ characters).")
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """One job: status, queue, function, arguments (personal data masked), times, result or
     exception, retries left, worker. An unknown id exits 1."""
     from acmeq.commands.failed import print_detail
+    from acmeq.ops.jobids import redis_source, resolve_job_id
     from acmeq.ops.jobview import job_detail
     from acmeq.storage.redis_client import connect_checked
 
     cfg = settings()
-    detail = job_detail(cfg, connect_checked(cfg), job_id)
+    connection = connect_checked(cfg)
+    detail = job_detail(cfg, connection, resolve_job_id(job_id, redis_source(connection)))
     if as_json:
         emit_json(detail.as_dict())
         return

@@ -79,6 +79,14 @@ def database(cfg: Settings) -> Engine:
     return engine
 
 
+def resolve_ids(engine: Engine, viewer: Viewer, job_ids: Sequence[str]) -> list[str]:
+    """Full ids for ids or unique prefixes among the progress records ``viewer`` may see."""
+    from acmeq.ops.jobids import PROGRESS_TABLE, resolve_job_ids, sql_source
+
+    user_id = None if viewer.admin else viewer.user_id
+    return resolve_job_ids(job_ids, sql_source(engine, PROGRESS_TABLE, user_id=user_id))
+
+
 def viewer_for(engine: Engine, as_user: str | None) -> Viewer:
     from acmeq.tracking.store import resolve_viewer
 
@@ -251,6 +259,7 @@ def watch_jobs(
     out = out or console
     engine = database(cfg)
     viewer = viewer or viewer_for(engine, as_user)
+    job_ids = resolve_ids(engine, viewer, job_ids)
     connection = connect_checked(cfg)
     with ProgressWatch(
         engine, connection, viewer, list(job_ids) or None, poll_interval=poll_interval
@@ -362,7 +371,12 @@ def list_progress(
 
 @app.command("show")
 def show(
-    job_id: Annotated[str, typer.Argument(help="Job id (as printed by enqueue and list).")],
+    job_id: Annotated[
+        str,
+        typer.Argument(
+            metavar="ID", help="Job id (as printed by enqueue and list), or a unique prefix."
+        ),
+    ],
     as_user: AsUser = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -371,9 +385,11 @@ def show(
 
     cfg = settings()
     engine = database(cfg)
-    record = store.get_visible(engine, job_id, viewer_for(engine, as_user))
+    viewer = viewer_for(engine, as_user)
+    job_id = resolve_ids(engine, viewer, [job_id])[0]
+    record = store.get_visible(engine, job_id, viewer)
     if _reconcile(cfg, engine, [record]):
-        record = store.get_visible(engine, job_id, viewer_for(engine, as_user))
+        record = store.get_visible(engine, job_id, viewer)
     if as_json:
         emit_json(record.as_dict())
         return
@@ -412,7 +428,8 @@ def watch(
     job_ids: Annotated[
         list[str] | None,
         typer.Argument(
-            help="Jobs to watch; none: every running job (also ones starting later).",
+            help="Jobs to watch (ids or unique prefixes); none: every running job (also ones "
+            "starting later).",
             show_default=False,
         ),
     ] = None,
