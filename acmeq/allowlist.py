@@ -8,13 +8,21 @@ jobs (its own in ``acmeq/jobs/`` plus the modules named in ``[jobs] modules`` /
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 import pkgutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
-from acmeq.errors import ConfigError, UnknownJobError, UnregisteredJobError, UsageError
+from acmeq.errors import (
+    ConfigError,
+    JobArgumentError,
+    UnknownJobError,
+    UnregisteredJobError,
+    UsageError,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -56,6 +64,57 @@ def job(queue: str, name: str | None = None) -> Callable[[Callable[P, R]], Calla
     return declare
 
 
+# Callback functions (RQ's on_success / on_failure / on_stopped) declared with :func:`callback`,
+# by import path. A declared job's own function is accepted as a callback too.
+_CALLBACKS: dict[str, Callable[..., Any]] = {}
+
+
+def callback(func: Callable[P, R]) -> Callable[P, R]:
+    """Declare a function as an allowed RQ callback (``on_success``, ``on_failure``,
+    ``on_stopped``): a callback name read from a job hash is imported only when declared."""
+    _CALLBACKS[f"{func.__module__}.{func.__qualname__}"] = func
+    return func
+
+
+@functools.cache
+def _signature(func: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return inspect.signature(func)
+    except (TypeError, ValueError):  # a builtin or C function: nothing to check against
+        return None
+
+
+def check_call(jobdef: JobDef, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+    """Refuse at enqueue time what a worker could only fail: a job declared in ``__main__``
+    (no worker can import the script that enqueued it) or arguments the function does not take.
+    """
+    if jobdef.path.startswith("__main__."):
+        raise UsageError(
+            f"job {jobdef.name!r} is defined in __main__ (the script being run), which no worker "
+            "can import: move it into a module and name that module in jobs.modules "
+            "(acmeq.toml) or ACMEQ_JOB_MODULES"
+        )
+    signature = _signature(jobdef.func)
+    if signature is None:
+        return
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise JobArgumentError(
+            f"job {jobdef.name!r} does not accept these arguments ({exc}); "
+            f"it takes {jobdef.name}{_plain(signature)}"
+        ) from None
+
+
+def _plain(signature: inspect.Signature) -> inspect.Signature:
+    """The signature without annotations: ``(a, b=1, **kwargs)``."""
+    empty = inspect.Parameter.empty
+    return signature.replace(
+        parameters=[p.replace(annotation=empty) for p in signature.parameters.values()],
+        return_annotation=inspect.Signature.empty,
+    )
+
+
 class JobRegistry:
     """The declared jobs of acmeq and of the configured modules, checked against the catalog."""
 
@@ -80,6 +139,18 @@ class JobRegistry:
             if name in self._by_path:
                 return self._by_path[name]
             raise UnknownJobError(name, self._by_name) from None
+
+    def callback(self, path: str | None) -> Callable[..., Any]:
+        """The callback declared under ``path`` (or a registered job's function); anything else
+        read from Redis is refused before import."""
+        func = _CALLBACKS.get(path or "")
+        if func is not None:
+            return func
+        if path in self._by_path:
+            return self._by_path[path].func
+        raise UnregisteredJobError(
+            f"callback {path!r} is not declared with @acmeq.callback; refusing to import it"
+        )
 
     def by_path(self, path: str | None) -> JobDef:
         try:

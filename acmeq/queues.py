@@ -25,15 +25,15 @@ from uuid import uuid4
 import redis
 from redis.typing import EncodableT
 from rq import Queue, Retry
-from rq.job import Job
+from rq.job import JOB_ID_PATTERN, Job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.utils import now, utcformat
 
-from acmeq.allowlist import JobDef, JobRegistry, load_registry
+from acmeq.allowlist import JobDef, JobRegistry, check_call, load_registry
 from acmeq.config.settings import QueueSpec, Settings, process_settings
 from acmeq.constants import PAUSED_QUEUE_KEY
-from acmeq.errors import JobArgumentError, UnknownQueueError
+from acmeq.errors import JobArgumentError, UnknownQueueError, UsageError
 
 # Jobs per pipeline in enqueue_many: large enough to amortise the round trip, small enough that
 # one MULTI/EXEC does not hold Redis for long or build a huge reply in memory.
@@ -84,6 +84,23 @@ class AcmeqJob(Job):
         if self.func_name is None:
             return None
         return _process_registry().by_path(self.func_name).func
+
+    # RQ imports callback names read from the job hash (in the worker, and in registry cleanup
+    # through ``execute_failure_callback``); acmeq resolves them through the allowlist instead.
+    @property
+    def success_callback(self) -> Any:
+        name = self._success_callback_name
+        return _process_registry().callback(name) if name else None
+
+    @property
+    def failure_callback(self) -> Any:
+        name = self._failure_callback_name
+        return _process_registry().callback(name) if name else None
+
+    @property
+    def stopped_callback(self) -> Any:
+        name = self._stopped_callback_name
+        return _process_registry().callback(name) if name else None
 
 
 def _process_registry() -> JobRegistry:
@@ -147,6 +164,7 @@ class Enqueuer:
 
     def enqueue_call(self, call: JobCall) -> Job:
         jobdef = self.registry.get(call.name)
+        _check(jobdef, call)
         queue = self.queue(jobdef.queue)
         job = self._create(queue, jobdef, call)
         pipe = self.connection.pipeline()
@@ -165,6 +183,7 @@ class Enqueuer:
         by_queue: dict[str, list[tuple[JobDef, JobCall]]] = {}
         for call in calls:
             jobdef = self.registry.get(call.name)
+            _check(jobdef, call)
             by_queue.setdefault(jobdef.queue, []).append((jobdef, call))
         ids: list[str] = []
         for queue_name, entries in by_queue.items():
@@ -234,6 +253,16 @@ class Enqueuer:
             **options,
         )
         return job
+
+
+def _check(jobdef: JobDef, call: JobCall) -> None:
+    """Refuse, before anything is written, a call no worker could run (see ``check_call``)."""
+    if call.job_id is not None and not JOB_ID_PATTERN.fullmatch(call.job_id):
+        raise UsageError(
+            f"invalid job id {call.job_id!r}: use letters, digits, '_' and '-' only "
+            "(at least one character)"
+        )
+    check_call(jobdef, call.args, call.kwargs)
 
 
 def _when(call: JobCall) -> datetime | None:
