@@ -78,12 +78,35 @@ def send_bulk_notification(
     subject: str,
     body: str,
     audience: str = "donors",
-    batch_size: int = 500,
+    batch_size: int | None = None,
+    priority: str = "normal",
 ) -> dict[str, Any]:
     """Fan a campaign update out to its donors or all employees, in batches, with progress."""
     from acmeq.mail.bulk import bulk_notification
 
-    return bulk_notification(campaign_id, subject, body, audience=audience, batch_size=batch_size)
+    return bulk_notification(
+        campaign_id, subject, body, audience=audience, batch_size=batch_size, priority=priority
+    )
+
+
+@job(queue="notifications")
+def send_email_batch(
+    template: str, message_key: str, user_ids: list[int], context: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Send one personal message per user (a batch of a fan-out); once per recipient."""
+    from acmeq.mail.jobs import run_send_batch
+
+    return run_send_batch(template, message_key, user_ids, context)
+
+
+@job(queue="bulk", name="send_email_batch_bulk")
+def send_email_batch_bulk(
+    template: str, message_key: str, user_ids: list[int], context: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """send_email_batch on the bulk queue (fan-outs with priority low/bulk)."""
+    from acmeq.mail.jobs import run_send_batch
+
+    return run_send_batch(template, message_key, user_ids, context)
 
 
 @job(queue="notifications")
@@ -99,6 +122,6 @@ def send_weekly_digest(
 @job(queue="notifications")
 def send_reminders(days: int = 3, today: str | None = None) -> dict[str, Any]:
     """Remind employees who have not donated of campaigns ending within ``days`` days."""
-    from acmeq.mail.reminders import reminders
+    from acmeq.mail.bulk import reminders
 
     return reminders(days=days, today=today)

@@ -1,0 +1,243 @@
+"""Composing a message and delivering it exactly once per recipient (see :mod:`acmeq.mail.store`).
+
+:func:`compose` renders a template (or takes text/HTML as given) into an :class:`Outgoing`;
+:func:`deliver` claims its recipients in SQL, hands it to the transport and records the outcome.
+On the last try of a job a failure becomes a failed-email record (``acmeq mail failed``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import mimetypes
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from email.utils import formatdate, getaddresses, parseaddr
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from acmeq.config.settings import Settings
+from acmeq.errors import MailError, UncertainDeliveryError, UsageError
+from acmeq.mail import store
+from acmeq.mail.render import render, resolve_locale
+from acmeq.mail.transport import Transport
+from acmeq.storage.models_mail import FailedEmailStatus
+
+
+@dataclass
+class Outgoing:
+    """One message, ready to build: recipients, content and where it came from."""
+
+    to: list[str]
+    subject: str
+    text: str
+    html: str | None = None
+    cc: list[str] = field(default_factory=list)
+    bcc: list[str] = field(default_factory=list)
+    reply_to: str | None = None
+    attachments: list[str] = field(default_factory=list)
+    from_address: str = ""
+    template: str = ""
+    locale: str = "en"
+
+    @property
+    def recipients(self) -> list[str]:
+        """Envelope recipients: bare addresses of To, Cc and Bcc, each once."""
+        pairs = getaddresses([*self.to, *self.cc, *self.bcc])
+        return list(dict.fromkeys(addr.lower() for _, addr in pairs if addr))
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """Which try of its job this is (outside a job: the one and only try)."""
+
+    job_id: str | None = None
+    number: int = 1
+    last: bool = True
+
+
+def current_attempt() -> Attempt:
+    from rq import get_current_job
+
+    job = get_current_job()
+    if job is None:
+        return Attempt()
+    left = job.retries_left or 0
+    total = len(job.retry_intervals or []) + 1
+    return Attempt(job_id=job.id, number=max(total - left, 1), last=left <= 0)
+
+
+def as_list(value: Sequence[str] | str | None) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [a.strip() for a in value.split(",") if a.strip()]
+    return [str(a).strip() for a in value if str(a).strip()]
+
+
+def compose(
+    settings: Settings,
+    *,
+    to: Sequence[str] | str,
+    subject: str | None = None,
+    template: str | None = None,
+    context: dict[str, Any] | None = None,
+    locale: str | None = None,
+    cc: Sequence[str] | str | None = None,
+    bcc: Sequence[str] | str | None = None,
+    reply_to: str | None = None,
+    attachments: Sequence[str] | None = None,
+    text: str | None = None,
+    html: str | None = None,
+) -> Outgoing:
+    """Render ``template`` in ``locale`` (or take ``text``/``html``); check every address."""
+    recipients = as_list(to)
+    if not recipients:
+        raise UsageError("a mail needs at least one recipient in 'to'")
+    for addr in [*recipients, *as_list(cc), *as_list(bcc), *as_list(reply_to)]:
+        if "@" not in parseaddr(addr)[1]:
+            raise UsageError(f"invalid e-mail address {addr!r}")
+    loc = resolve_locale(locale, settings.mail.default_locale)
+    if template:
+        rendered = render(template, dict(context or {}), loc, settings.mail.default_locale)
+        subject = subject or rendered.subject
+        text = text or rendered.text
+        html = html or rendered.html
+        loc = rendered.locale
+    if not subject:
+        raise UsageError("a mail needs a subject (or a template that gives one)")
+    if text is None and html is None:
+        raise UsageError("a mail needs a template, text or html")
+    return Outgoing(
+        to=recipients,
+        subject=subject,
+        text=text or "",
+        html=html,
+        cc=as_list(cc),
+        bcc=as_list(bcc),
+        reply_to=reply_to or settings.mail.reply_to,
+        attachments=list(attachments or []),
+        from_address=settings.mail.from_address,
+        template=template or "",
+        locale=loc,
+    )
+
+
+def message_id(key: str, from_address: str) -> str:
+    """A Message-ID derived from the message key: the same on every retry (receivers dedupe)."""
+    domain = parseaddr(from_address)[1].rpartition("@")[2] or "acmeq.local"
+    return f"<{hashlib.sha256(key.encode()).hexdigest()[:32]}@{domain}>"
+
+
+def build_message(out: Outgoing, msg_id: str) -> EmailMessage:
+    msg = EmailMessage()
+    msg["Subject"] = out.subject
+    msg["From"] = out.from_address
+    msg["To"] = ", ".join(out.to)
+    if out.cc:
+        msg["Cc"] = ", ".join(out.cc)
+    if out.bcc:
+        msg["Bcc"] = ", ".join(out.bcc)  # kept for the outbox; never sent over SMTP
+    if out.reply_to:
+        msg["Reply-To"] = out.reply_to
+    msg["Date"] = formatdate(localtime=False, usegmt=True)
+    msg["Message-ID"] = msg_id
+    msg["Content-Language"] = out.locale
+    msg.set_content(out.text or " ")
+    if out.html:
+        msg.add_alternative(out.html, subtype="html")
+    for name in out.attachments:
+        path = Path(name)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise MailError("attachment", f"cannot read {name}: {exc.strerror or exc}") from None
+        ctype, encoding = mimetypes.guess_type(path.name)
+        if ctype is None or encoding is not None:
+            ctype = "application/octet-stream"
+        maintype, subtype = ctype.split("/", 1)
+        msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=path.name)
+    return msg
+
+
+def deliver(
+    engine: Engine,
+    transport: Transport,
+    out: Outgoing,
+    key: str,
+    attempt: Attempt,
+    payload: dict[str, Any],
+) -> dict[str, Any]:
+    """Send ``out`` once per recipient under ``key``; record failures; return what happened.
+
+    Raises :class:`MailError` for a failure the next try may fix (the job is retried with its
+    queue's backoff); on the last try the failure is recorded first.
+    """
+    msg_id = message_id(key, out.from_address)
+    claim = store.claim(engine, key, out.recipients, msg_id, attempt.job_id)
+    result: dict[str, Any] = {
+        "message_key": key,
+        "sent": [],
+        "already_sent": claim.already_sent,
+        "uncertain": claim.uncertain,
+        "refused": {},
+    }
+    record = _recorder(engine, out, key, attempt, payload)
+    if claim.uncertain:
+        record(
+            claim.uncertain,
+            "an earlier attempt died during the send: delivery unknown, not resent",
+            FailedEmailStatus.UNCERTAIN,
+        )
+    if not claim.to_send:
+        return result
+    msg = build_message(out, msg_id) if claim.to_send else None
+    assert msg is not None
+    try:
+        refused = transport.send(msg, _bare(out.from_address), claim.to_send)
+    except UncertainDeliveryError as exc:
+        record(claim.to_send, exc.reason, FailedEmailStatus.UNCERTAIN)
+        result["uncertain"] = [*claim.uncertain, *claim.to_send]
+        return result
+    except MailError as exc:
+        store.release(engine, key, claim.to_send)
+        if attempt.last:
+            record(claim.to_send, exc.reason, FailedEmailStatus.FAILED)
+        raise
+    accepted = [r for r in claim.to_send if r not in refused]
+    store.mark_sent(engine, key, accepted)
+    if refused:
+        # Some recipients took it, these were refused by the server: a retry would not help.
+        store.release(engine, key, list(refused))
+        for addr, reason in refused.items():
+            record([addr], f"refused: {reason}", FailedEmailStatus.FAILED)
+    result["sent"] = accepted
+    result["refused"] = refused
+    return result
+
+
+def _bare(address: str) -> str:
+    return parseaddr(address)[1] or address
+
+
+def _recorder(
+    engine: Engine, out: Outgoing, key: str, attempt: Attempt, payload: dict[str, Any]
+) -> Any:
+    def record(recipients: list[str], error: str, status: FailedEmailStatus) -> int | None:
+        return store.record_failure(
+            engine,
+            recipients=recipients,
+            subject=out.subject,
+            template=out.template,
+            locale=out.locale,
+            error=error,
+            attempts=attempt.number,
+            payload={**payload, "recipients": recipients},
+            message_key=key,
+            job_id=attempt.job_id,
+            status=status,
+        )
+
+    return record
