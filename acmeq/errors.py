@@ -14,6 +14,7 @@ the CLI maps it to, so the CLI needs no per-command error handling::
     │   └── PiiRefusedError                 personal data asked for without the role for it
     ├── UnreachableError            exit 3  a backing service cannot be reached
     │   ├── RedisUnreachableError
+    │   ├── NotRedisError                   the address answers, but not in Redis's protocol
     │   └── DatabaseUnreachableError
     ├── EmbeddedRedisError          exit 1  the bundled redis-server could not be started
     ├── UnregisteredJobError        exit 1  a job hash names a function that is not declared
@@ -127,6 +128,14 @@ class RedisUnreachableError(UnreachableError):
     def __init__(self, where: str, reason: str) -> None:
         self.where = where
         super().__init__(f"cannot reach Redis at {where}: {reason}")
+
+
+class NotRedisError(UnreachableError):
+    """Something listens at the Redis address but does not speak Redis (HTTP, SMTP, ...)."""
+
+    def __init__(self, where: str, answer: str) -> None:
+        self.where = where
+        super().__init__(f"not a Redis server at {where}: it answered {answer}")
 
 
 class DatabaseUnreachableError(UnreachableError):

@@ -13,6 +13,7 @@ import fcntl
 import importlib.util
 import os
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ from redis.sentinel import Sentinel
 
 from acmeq.config.settings import RedisSettings, Settings, mask_url
 from acmeq.constants import HEALTH_CHECK_INTERVAL_S
-from acmeq.errors import EmbeddedRedisError, RedisUnreachableError, UsageError
+from acmeq.errors import EmbeddedRedisError, NotRedisError, RedisUnreachableError, UsageError
 
 # Connection errors are retried twice with a short backoff: enough to ride over a Redis restart
 # or a Sentinel failover, short enough that a dead Redis is reported within ~3 s.
@@ -104,11 +105,45 @@ def ensure_reachable(client: redis.Redis, where: str) -> None:
     except redis.AuthenticationError:
         raise RedisUnreachableError(where, "authentication failed (check REDIS_PASSWORD)") from None
     except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        answer = _foreign_answer(client) if "closed" in str(exc) else None
+        if answer is not None:  # e.g. an HTTP server that hangs up on HELLO
+            raise NotRedisError(where, answer) from None
         raise RedisUnreachableError(where, _reason(exc)) from None
+    except (redis.InvalidResponse, redis.ResponseError) as exc:
+        # An HTTP or SMTP server (any text protocol) on the port: its first line is no RESP.
+        raise NotRedisError(where, _answer(exc)) from None
     if cluster.get("cluster_enabled") in (1, "1"):
         raise UsageError(
             f"Redis at {where} is a Redis Cluster node; acmeq needs a single primary (or Sentinel)"
         )
+
+
+def _foreign_answer(client: redis.Redis) -> str | None:
+    """What a TCP server that hung up on redis-py's handshake says to an inline PING, if that
+    is not Redis's answer; None when it is Redis, says nothing, or cannot be asked."""
+    kwargs = client.connection_pool.connection_kwargs
+    host, port = kwargs.get("host"), kwargs.get("port")
+    if not host or not port or any(k.startswith("ssl") for k in kwargs):
+        return None
+    try:
+        with socket.create_connection((host, int(port)), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            data = sock.recv(120)
+    except OSError:
+        return None
+    if not data or data.startswith((b"+", b"-")):
+        return None
+    return repr(data.decode(errors="replace").splitlines()[0][:60])
+
+
+def _answer(exc: BaseException) -> str:
+    """What a non-Redis server said, shortened: redis-py quotes it in its protocol error."""
+    text = str(exc).strip()
+    for marker in ("Protocol Error: ", "Protocol error, got "):
+        if marker in text:
+            text = text.split(marker, 1)[1]
+    text = text.splitlines()[0] if text else "something else"
+    return repr(text[:60]) if not text.startswith(("'", '"', "b'")) else text[:60]
 
 
 def _reason(exc: BaseException) -> str:
