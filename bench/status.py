@@ -140,12 +140,13 @@ def publish_master(client: redis.Redis, workers: list[tuple[str, str]]) -> None:
 
 
 def fill_metrics(client: redis.Redis) -> None:
-    from acmeq.observability.metrics import BUCKET_LABELS, MINUTE_KEY
+    from acmeq import keys
+    from acmeq.observability.metrics import BUCKET_LABELS
 
     now = int(time.time() // 60) * 60
     pipe = client.pipeline(transaction=False)
     for m in range(5):
-        key = MINUTE_KEY.format(bucket=now - 60 * m)
+        key = keys.metrics_minute(now - 60 * m)
         fields: dict[str, float] = {}
         prefixes = list(SHARE) + [f"job:job_{j}" for j in range(20)]
         for p in prefixes:

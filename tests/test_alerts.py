@@ -29,15 +29,16 @@ import pytest
 import redis
 from aiosmtpd.controller import Controller
 
+from acmeq import keys
 from acmeq.config.settings import Settings
 from acmeq.constants import WorkerExit
 from acmeq.errors import ConfigError
 from acmeq.master.control import set_paused
 from acmeq.observability.alerts import engine as alerts
-from acmeq.observability.alerts.channels import NoticeKind, mask_webhook
+from acmeq.observability.alerts.channels import mask_webhook
+from acmeq.observability.alerts.notice import NoticeKind
 from acmeq.observability.alerts.rules import QueueState, decide
 from acmeq.queues import Enqueuer, JobCall
-from acmeq.worker.fastpath import STATS_KEY
 from acmeq.worker.process import WorkerOptions
 
 from conftest import free_port, run_cli, wait_until
@@ -430,7 +431,7 @@ def test_backlog_and_dead_man_alerts(
     assert deadman.threshold == 240
 
     # Then a job processed (the worker's counter moves) resolves the dead-man alert
-    redis_client.hincrby(STATS_KEY.format(queue="payments"), "processed", 1)
+    redis_client.hincrby(keys.stats("payments"), "processed", 1)
     assert alerts.evaluate(redis_client, settings, t0 + 260) == []
     after = alerts.evaluate(redis_client, settings, t0 + 275)
     assert [(n.kind, n.alert_id, n.message) for n in after] == [
@@ -556,7 +557,7 @@ def test_a_failed_delivery_stays_in_the_outbox_and_is_retried_after_a_backoff(
         "[acmeq] FIRING wait:payments",
         "[acmeq] RESOLVED wait:payments",
     ]
-    assert redis_client.hlen(alerts.OUTBOX_KEY) == 0
+    assert redis_client.hlen(keys.ALERTS_OUTBOX) == 0
     assert alerts.overview(redis_client, settings, 0)["channels"]["email"]["ok"] is True
 
 
@@ -571,15 +572,15 @@ def test_only_the_holder_of_the_lock_evaluates(
     # Then only the first took the lock and evaluated: one notice, not two
     assert alerts.lock_holder(redis_client) == "master-a"
     assert history_kinds(redis_client) == [("firing", "backlog:payments")]
-    assert 0 < redis_client.pttl(alerts.LOCK_KEY) <= alerts.LOCK_TTL_S * 1000
+    assert 0 < redis_client.pttl(keys.ALERTS_LOCK) <= alerts.LOCK_TTL_S * 1000
     # When master-a goes away (its lock expires), master-b takes over with the same state
-    redis_client.delete(alerts.LOCK_KEY)
+    redis_client.delete(keys.ALERTS_LOCK)
     alerts.maybe_evaluate(redis_client, settings, "master-b", background=False)
     assert alerts.lock_holder(redis_client) == "master-b"
     assert history_kinds(redis_client) == [("firing", "backlog:payments")]
     # and with monitoring off, nobody evaluates
     off = load(toml, QUEUE_MONITORING_ENABLED="false")
-    redis_client.delete(alerts.LOCK_KEY)
+    redis_client.delete(keys.ALERTS_LOCK)
     alerts.maybe_evaluate(redis_client, off, "master-c", background=False)
     assert alerts.lock_holder(redis_client) is None
 
@@ -746,8 +747,8 @@ def test_a_damaged_alert_record_does_not_stop_the_evaluation(
     settings = load(toml)
     # Given hand-edited records in the active hash
     damaged = '{"rule": "wait", "queue": "payments", "severity": "bogus", "since": "?"}'
-    redis_client.hset(alerts.ACTIVE_KEY, "wait:payments", damaged)
-    redis_client.hset(alerts.ACTIVE_KEY, "junk", "not json")
+    redis_client.hset(keys.ALERTS_ACTIVE, "wait:payments", damaged)
+    redis_client.hset(keys.ALERTS_ACTIVE, "junk", "not json")
     t0 = time.time()
     # When the evaluator runs, it treats the readable one as an alert that has cleared
     assert alerts.evaluate(redis_client, settings, t0) == []
@@ -756,4 +757,4 @@ def test_a_damaged_alert_record_does_not_stop_the_evaluation(
         (NoticeKind.RESOLVED, "wait:payments", "warning")
     ]
     # and leaves what it cannot read alone
-    assert redis_client.hkeys(alerts.ACTIVE_KEY) == [b"junk"]
+    assert redis_client.hkeys(keys.ALERTS_ACTIVE) == [b"junk"]

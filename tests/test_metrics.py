@@ -27,7 +27,8 @@ from acmeq.config.settings import Settings
 from acmeq.errors import UsageError
 from acmeq.observability import metrics_report as metrics_read
 from acmeq.observability import prometheus
-from acmeq.observability.metrics import BUCKET_LABELS, HOUR_KEY, MINUTE_KEY
+from acmeq import keys
+from acmeq.observability.metrics import BUCKET_LABELS
 from acmeq.queues import Enqueuer, JobCall
 
 from conftest import free_port, run_cli
@@ -101,7 +102,7 @@ def test_a_bad_window_is_a_usage_error_naming_the_value(since: str, message: str
 
 def _write_minute(client: redis.Redis, start: float, prefix: str, runs: int, ms: int) -> None:
     """``runs`` successes of ``ms`` milliseconds each, waited 2 s, in the minute at ``start``."""
-    key = MINUTE_KEY.format(bucket=int(start // 60) * 60)
+    key = keys.metrics_minute(int(start // 60) * 60)
     label = str(ms)  # an upper bound of BOUNDS_MS: the run's histogram bucket
     assert label in BUCKET_LABELS
     client.hset(
@@ -122,7 +123,7 @@ def test_a_report_sums_the_buckets_of_its_window(redis_client: redis.Redis) -> N
     # <= 1 s three hours ago
     for m in range(30):
         _write_minute(redis_client, NOW - 60 * m, "payments", 10, 100)
-    hour = HOUR_KEY.format(bucket=int((NOW - 3 * 3600) // 3600) * 3600)
+    hour = keys.metrics_hour(int((NOW - 3 * 3600) // 3600) * 3600)
     redis_client.hset(hour, mapping={"payments|processed": 5, "payments|rt|1000": 5})
     settings = Settings.load()
 
@@ -328,7 +329,7 @@ def test_histograms_stay_monotonic_while_minute_buckets_are_folded_and_expire(
     # When 5 minutes later 6 more ran: the first minute is folded, the total grows by 6
     _write_minute(redis_client, NOW + 300, "payments", 6, 10)
     assert count(NOW + 300) == 10
-    assert redis_client.hget(prometheus.CUMULATIVE_KEY, "payments|rt|10") == b"4"
+    assert redis_client.hget(keys.METRICS_CUMULATIVE, "payments|rt|10") == b"4"
     # When, once folded, the minute buckets expire, the folded counts stay
     assert count(NOW + 600) == 10
     for key in redis_client.scan_iter("acmeq:metrics:m:*"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from typing import Any
 import pytest
 import redis
 
+from acmeq import keys
 from acmeq.config.settings import Settings
 from acmeq.master import control
 from acmeq.observability import status
@@ -123,7 +125,19 @@ def _json() -> dict[str, Any]:
     return data
 
 
+def _waiting(client: redis.Redis, queue: str = "payments", age: float = 95.0) -> None:
+    """A job at the head of ``queue`` that has waited ``age`` seconds."""
+    job_id = f"waiting-{queue}"
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(time.time() - age))
+    client.hset(keys.job(job_id), mapping={"enqueued_at": stamp, "origin": queue})
+    client.lpush(keys.queue(queue), job_id)
+
+
 def _alert(client: redis.Redis, alert_id: str = "wait:payments", **fields: Any) -> None:
+    """An active alert as the evaluator stores it; a wait alert on payments also gets the job
+    that makes it true (status re-checks every alert against the queues)."""
+    if alert_id == "wait:payments":
+        _waiting(client)
     record = {
         "rule": "wait",
         "queue": "payments",
@@ -131,7 +145,7 @@ def _alert(client: redis.Redis, alert_id: str = "wait:payments", **fields: Any) 
         "since": time.time() - 120,
         "severity": "critical",
     }
-    client.hset(status.ALERTS_KEY, alert_id, json.dumps(record | fields))
+    client.hset(keys.ALERTS_ACTIVE, alert_id, json.dumps(record | fields))
 
 
 # -- 1. what status reports -----------------------------------------------------------------------
@@ -294,6 +308,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "message": str,
         "since": NUM,
         "severity": str,
+        "stale_s": (*NUM, type(None)),
     },
 }
 
@@ -357,15 +372,66 @@ def test_check_exits_0_without_alerts_and_1_with_one(redis_client: redis.Redis) 
     alerting = run_cli("status", "--check")
     assert (alerting.returncode, alerting.stdout.count("\n")) == (1, 1)
     assert alerting.stdout.startswith("ALERT: 1 active alert: [critical] wait payments:")
-    assert "oldest job waited 95 s" in alerting.stdout
+    assert re.search(r"oldest job waited \d+ s", alerting.stdout)
 
     # an unreadable record is still an active alert, never silently ignored
-    redis_client.hset(status.ALERTS_KEY, "broken", "{not json")
+    redis_client.hset(keys.ALERTS_ACTIVE, "broken", "{not json")
     broken = run_cli("status", "--check")
     assert broken.returncode == 1 and "2 active alerts" in broken.stdout
     # and the screen lists them
     screen = run_cli("status", env={"COLUMNS": "80"}).stdout
-    assert "2 alerts" in screen and "oldest job waited 95 s" in screen
+    assert "2 alerts" in screen and re.search(r"oldest job waited \d+ s", screen)
+
+
+def test_an_alert_whose_condition_no_longer_holds_is_not_shown(redis_client: redis.Redis) -> None:
+    # Given a backlog alert on maintenance (threshold 50) left active by an evaluator that
+    # stopped, and 60 jobs still ready
+    redis_client.rpush(keys.queue("maintenance"), *[f"j{i}" for i in range(60)])
+    _alert(
+        redis_client,
+        "backlog:maintenance",
+        rule="backlog",
+        queue="maintenance",
+        message="2001 jobs ready (threshold 50)",
+        severity="warning",
+    )
+    # Then status shows it with today's count, and --check fails
+    alerting = run_cli("status", "--check")
+    assert alerting.returncode == 1
+    assert "backlog maintenance: 60 jobs ready (threshold 50)" in alerting.stdout
+
+    # When the queue is cleared (no evaluator runs to resolve the alert)
+    redis_client.delete(keys.queue("maintenance"))
+
+    # Then status shows no backlog alert and --check exits 0
+    assert _json()["alerts"] == []
+    cleared = run_cli("status", "--check")
+    assert (cleared.returncode, cleared.stdout.startswith("OK: no active alerts")) == (0, True)
+    assert "backlog" not in run_cli("status", env={"COLUMNS": "120"}).stdout
+
+
+def test_an_alert_that_cannot_be_rechecked_is_marked_stale(redis_client: redis.Redis) -> None:
+    # Given a failure alert on payments last refreshed 5 minutes ago, and no evaluator running
+    now = time.time()
+    _alert(
+        redis_client,
+        "failed:payments",
+        rule="failed",
+        message="2 payments jobs failed permanently: a, b",
+        since=now - 300,
+        last_event=now - 300,
+        updated_at=now - 300,
+    )
+    # Then status still shows it (its quiet period is not over), marked stale with its age
+    [alert] = _json()["alerts"]
+    assert alert["id"] == "failed:payments"
+    assert 290 < alert["stale_s"] < 400
+    assert "(stale: not re-evaluated for 5 min" in alert["message"]
+
+    # When an evaluator holds the lock, the alert is current again
+    redis_client.set(keys.ALERTS_LOCK, "m1", ex=15)
+    [alert] = _json()["alerts"]
+    assert alert["stale_s"] is None and "stale" not in alert["message"]
 
 
 def test_check_exits_3_when_redis_is_unreachable() -> None:
@@ -433,5 +499,6 @@ def test_collect_costs_two_round_trips_and_no_per_job_read(
     calls = {k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items()}
     assert not {"keys", "scan", "lrange", "zrange", "hscan"} & set(calls)
     assert calls.get("hget", 0) <= 6  # the oldest job of each queue
-    assert calls.get("hmget", 0) <= 5 + 1  # five minute buckets, one worker
+    # five minute buckets, each queue's counters (in the probe's script), one worker
+    assert calls.get("hmget", 0) <= 5 + 6 + 1
     assert sum(calls.values()) < 120

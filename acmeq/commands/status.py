@@ -262,7 +262,7 @@ def _masters(snap: Snapshot) -> RenderableType:
             f"{m.processes_busy}/{m.processes_total}",
             Text(f"profile {m.profile}", style="dim") if m.profile else "",
         )
-        for s in m.supervisors:
+        for s in m.supervisor_views:
             sup = Text(s.name)
             if s.paused:
                 sup.append(PAUSED_MARK, style="yellow")

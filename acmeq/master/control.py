@@ -10,25 +10,21 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
-from acmeq.constants import (
-    MASTER_COMMANDS_KEY,
-    MASTER_KEY,
-    MASTERS_KEY,
-    PAUSED_QUEUE_KEY,
-    PAUSED_SUPERVISOR_KEY,
-)
+from acmeq import keys
+from acmeq.config.settings import ProfileSpec
 from acmeq.errors import UsageError
+from acmeq.master.lifecycle import Lifecycle, MasterCommand
 from acmeq.storage.redis_client import text
 
 MASTER_TTL_S = 15  # a master not heard of for this long is shown as gone
 GONE_KEEP_S = 300  # and forgotten this long after that
-COMMANDS = ("terminate", "terminate-fast", "restart")
+COMMANDS = tuple(MasterCommand)
 
 
 @dataclass
@@ -45,8 +41,21 @@ class ProcessView:
     retiring: bool = False
 
 
+@dataclass(frozen=True)
+class SupervisorView:
+    """One supervisor of a master as `acmeq status` shows it."""
+
+    name: str
+    queues: tuple[str, ...]
+    paused: bool
+    processes_busy: int
+    processes_total: int
+
+
 @dataclass
 class MasterView:
+    """One master as Redis knows it (`acmeq worker list`, `acmeq status`)."""
+
     name: str
     hostname: str
     pid: int
@@ -54,8 +63,37 @@ class MasterView:
     status: str  # running | terminating | restarting | gone
     started_at: float
     last_seen: float
-    supervisors: list[dict[str, Any]] = field(default_factory=list)
+    supervisors: list[dict[str, Any]] = field(default_factory=list)  # as the master published
     processes: list[ProcessView] = field(default_factory=list)
+    paused_supervisors: frozenset[str] = frozenset()
+
+    @property
+    def processes_busy(self) -> int:
+        return sum(1 for p in self.processes if p.state == "busy")
+
+    @property
+    def processes_total(self) -> int:
+        return len(self.processes)
+
+    @property
+    def supervisor_views(self) -> tuple[SupervisorView, ...]:
+        return tuple(
+            SupervisorView(
+                name=sup["name"],
+                queues=tuple(sup.get("queues", [])),
+                paused=sup["name"] in self.paused_supervisors,
+                processes_busy=sum(
+                    1 for p in self.processes if p.supervisor == sup["name"] and p.state == "busy"
+                ),
+                processes_total=sum(1 for p in self.processes if p.supervisor == sup["name"]),
+            )
+            for sup in self.supervisors
+        )
+
+    def forgotten(self, now: float | None = None) -> bool:
+        """Gone for so long that it is no longer listed."""
+        now = time.time() if now is None else now
+        return self.status == "gone" and now - self.last_seen > MASTER_TTL_S + GONE_KEEP_S
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -74,9 +112,9 @@ class MasterView:
 def claim_name(connection: redis.Redis, name: str, pid: int, hostname: str) -> str | None:
     """Take the master name cluster-wide; return who holds it when it is taken."""
     holder = f"{hostname}:{pid}"
-    if connection.set(MASTER_KEY.format(name=name), holder, nx=True, ex=MASTER_TTL_S):
+    if connection.set(keys.master(name), holder, nx=True, ex=MASTER_TTL_S):
         return None
-    current = connection.get(MASTER_KEY.format(name=name))
+    current = connection.get(keys.master(name))
     return text(current) if current else None
 
 
@@ -86,21 +124,75 @@ def publish(
     """Refresh the master's heartbeat and snapshot (one round trip)."""
     snapshot = dict(snapshot, last_seen=time.time())
     pipe = connection.pipeline(transaction=False)
-    pipe.set(MASTER_KEY.format(name=name), f"{hostname}:{pid}", ex=MASTER_TTL_S)
-    pipe.hset(MASTERS_KEY, name, json.dumps(snapshot))
+    pipe.set(keys.master(name), f"{hostname}:{pid}", ex=MASTER_TTL_S)
+    pipe.hset(keys.MASTERS, name, json.dumps(snapshot))
     pipe.execute()
+
+
+def snapshot(
+    header: dict[str, Any],
+    profile: ProfileSpec,
+    life: Lifecycle,
+    processes: Mapping[str, tuple[int, float]],
+    decisions: Mapping[str, list[dict[str, Any]]],
+    now: float,
+) -> dict[str, Any]:
+    """A master's published state: ``header`` (name, host, pid, status ...) plus every
+    supervisor's pools (desired size, halt, crash backoff, processes as ``name -> (pid,
+    started_at)``) and last balancing decisions. ``now`` is the lifecycle's clock."""
+    backing_off = life.backing_off(now)
+    sups = []
+    for sup in profile.supervisors:
+        pools = []
+        for q in sup.queues:
+            pool = life.pools[(sup.name, q)]
+            slots, wait = backing_off.get((sup.name, q), (0, 0.0))
+            procs = [
+                {
+                    "name": w.name,
+                    "pid": processes[w.name][0],
+                    "started_at": processes[w.name][1],
+                    "generation": w.generation,
+                    "retiring": w.retiring,
+                }
+                for w in pool.workers
+                if w.name in processes
+            ]
+            backoff = {"slots": slots, "seconds": round(wait, 1)} if slots else None
+            pools.append(
+                {
+                    "queue": q,
+                    "desired": pool.desired,
+                    "halted": pool.halted,
+                    "backoff": backoff,
+                    "processes": procs,
+                }
+            )
+        sups.append(
+            {
+                "name": sup.name,
+                "queues": list(sup.queues),
+                "balance": sup.balance.value,
+                "strategy": sup.strategy.value,
+                "min_processes": sup.min_processes,
+                "max_processes": sup.max_processes,
+                "pools": pools,
+                "decisions": decisions.get(sup.name, []),
+            }
+        )
+    return dict(header, supervisors=sups)
 
 
 def withdraw(connection: redis.Redis, name: str) -> None:
     """Remove a master that stopped cleanly."""
     pipe = connection.pipeline()
-    pipe.delete(MASTER_KEY.format(name=name), MASTER_COMMANDS_KEY.format(name=name))
-    pipe.hdel(MASTERS_KEY, name)
+    pipe.delete(keys.master(name), keys.master_commands(name))
+    pipe.hdel(keys.MASTERS, name)
     pipe.execute()
 
 
 def pop_commands(connection: redis.Redis, name: str) -> list[dict[str, Any]]:
-    key = MASTER_COMMANDS_KEY.format(name=name)
+    key = keys.master_commands(name)
     pipe = connection.pipeline()
     pipe.lrange(key, 0, -1)
     pipe.delete(key)
@@ -109,7 +201,8 @@ def pop_commands(connection: redis.Redis, name: str) -> list[dict[str, Any]]:
 
 
 def send(connection: redis.Redis, command: str, master: str | None = None) -> list[str]:
-    """Queue a command for one master or all running ones; return the masters addressed."""
+    """Queue a command (a :class:`MasterCommand`) for one master or all running ones; return
+    the masters addressed."""
     if command not in COMMANDS:
         raise UsageError(f"unknown command {command!r}; valid: {', '.join(COMMANDS)}")
     targets = [m.name for m in list_masters(connection) if m.status != "gone"]
@@ -122,8 +215,8 @@ def send(connection: redis.Redis, command: str, master: str | None = None) -> li
     payload = json.dumps({"command": command, "at": time.time()})
     pipe = connection.pipeline()
     for name in targets:
-        pipe.rpush(MASTER_COMMANDS_KEY.format(name=name), payload)
-        pipe.expire(MASTER_COMMANDS_KEY.format(name=name), 3600)
+        pipe.rpush(keys.master_commands(name), payload)
+        pipe.expire(keys.master_commands(name), 3600)
     pipe.execute()
     return targets
 
@@ -136,7 +229,7 @@ def set_paused(
     master: str | None = None,
 ) -> list[str]:
     """Pause or continue queues (cluster-wide) or supervisors (of one or every master)."""
-    keys = [PAUSED_QUEUE_KEY.format(queue=q) for q in queues]
+    flags = [keys.paused_queue(q) for q in queues]
     wanted = list(supervisors)
     if wanted:
         masters = [m for m in list_masters(connection) if m.status != "gone"]
@@ -149,56 +242,71 @@ def set_paused(
                 f"no running supervisor named {unknown[0]!r}; running: "
                 f"{', '.join(sorted(known)) or '(none)'}"
             )
-        keys += [
-            PAUSED_SUPERVISOR_KEY.format(master=m.name, supervisor=s)
+        flags += [
+            keys.paused_supervisor(m.name, s)
             for m in masters
             for s in wanted
             if s in {x["name"] for x in m.supervisors}
         ]
-    if not keys:
+    if not flags:
         raise UsageError("say what to pause: --queue Q and/or --supervisor S")
     if paused:
         pipe = connection.pipeline()
-        for key in keys:
+        for key in flags:
             pipe.set(key, str(time.time()))
         pipe.execute()
     else:
-        connection.delete(*keys)
-    return keys
+        connection.delete(*flags)
+    return flags
+
+
+def parse_snapshots(raw: Mapping[Any, Any]) -> dict[str, dict[str, Any]]:
+    """The published snapshots by master name; unreadable ones are left out."""
+    snaps = {}
+    for key in sorted(raw):
+        try:
+            snap = json.loads(raw[key])
+        except ValueError:
+            continue
+        if isinstance(snap, dict):
+            snaps[text(key)] = snap
+    return snaps
+
+
+def view_of(name: str, snap: dict[str, Any], alive: bool) -> MasterView:
+    """A master's view from its snapshot; ``alive``: its heartbeat key exists."""
+    return MasterView(
+        name=name,
+        hostname=str(snap.get("hostname", "")),
+        pid=int(snap.get("pid", 0)),
+        profile=str(snap.get("profile", "")),
+        status=str(snap.get("status", "running")) if alive else "gone",
+        started_at=float(snap.get("started_at", 0)),
+        last_seen=float(snap.get("last_seen", 0)),
+        supervisors=list(snap.get("supervisors", [])),
+        processes=_processes(snap, not alive),
+    )
 
 
 def list_masters(connection: redis.Redis, with_processes: bool = False) -> list[MasterView]:
     """Every master known to Redis; gone ones are marked and, after a while, cleaned up."""
-    raw = connection.hgetall(MASTERS_KEY)
-    names = sorted(text(k) for k in raw)
+    snaps = parse_snapshots(connection.hgetall(keys.MASTERS))
     alive = connection.pipeline(transaction=False)
-    for name in names:
-        alive.exists(MASTER_KEY.format(name=name))
-    flags = alive.execute() if names else []
+    for name in snaps:
+        alive.exists(keys.master(name))
+    flags = alive.execute() if snaps else []
     views: list[MasterView] = []
     stale: list[str] = []
-    for name, is_alive in zip(names, flags, strict=True):
-        snap = json.loads(raw[name.encode()])
-        view = MasterView(
-            name=name,
-            hostname=snap.get("hostname", ""),
-            pid=int(snap.get("pid", 0)),
-            profile=snap.get("profile", ""),
-            status=snap.get("status", "running"),
-            started_at=float(snap.get("started_at", 0)),
-            last_seen=float(snap.get("last_seen", 0)),
-            supervisors=snap.get("supervisors", []),
-        )
-        if not is_alive:
-            view.status = "gone"
-            if time.time() - view.last_seen > MASTER_TTL_S + GONE_KEEP_S:
-                stale.append(name)
-                continue
-        if with_processes:
-            view.processes = _processes(snap, view.status == "gone")
+    for (name, snap), is_alive in zip(snaps.items(), flags, strict=True):
+        view = view_of(name, snap, bool(is_alive))
+        if view.forgotten():
+            stale.append(name)
+            continue
+        if not with_processes:
+            view.processes = []
         views.append(view)
     if stale:
-        connection.hdel(MASTERS_KEY, *stale)
+        connection.hdel(keys.MASTERS, *stale)
     if with_processes:
         _fill_live(connection, [p for v in views if v.status != "gone" for p in v.processes])
     return views
@@ -230,10 +338,10 @@ def _fill_live(connection: redis.Redis, procs: list[ProcessView]) -> None:
     pipe = connection.pipeline(transaction=False)
     for p in procs:
         pipe.hmget(
-            f"rq:worker:{p.name}",
+            keys.worker(p.name),
             ["state", "acmeq_rss_mb", "acmeq_jobs", "successful_job_count", "failed_job_count"],
         )
-        pipe.smembers(f"rq:worker:{p.name}:executions")
+        pipe.smembers(keys.worker_executions(p.name))
     replies = pipe.execute()
     for i, p in enumerate(procs):
         state, rss, jobs, ok, failed = replies[2 * i]

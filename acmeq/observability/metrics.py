@@ -22,10 +22,8 @@ from __future__ import annotations
 import bisect
 from typing import Any
 
-from acmeq.constants import KEY_PREFIX
+from acmeq import keys
 
-MINUTE_KEY = KEY_PREFIX + "metrics:m:{bucket}"
-HOUR_KEY = KEY_PREFIX + "metrics:h:{bucket}"
 DEFAULT_MINUTE_RETENTION_S = 24 * 3600
 DEFAULT_HOUR_RETENTION_S = 30 * 24 * 3600
 
@@ -63,8 +61,8 @@ def bucket(seconds: float) -> str:
 def keys_for(ts: float) -> tuple[str, str]:
     """The minute and hour hash keys a job finishing at ``ts`` counts in."""
     return (
-        MINUTE_KEY.format(bucket=int(ts // 60) * 60),
-        HOUR_KEY.format(bucket=int(ts // 3600) * 3600),
+        keys.metrics_minute(int(ts // 60) * 60),
+        keys.metrics_hour(int(ts // 3600) * 3600),
     )
 
 

@@ -30,9 +30,10 @@ from typing import Any
 
 import redis
 
+from acmeq import keys
 from acmeq.config.settings import Settings
 from acmeq.errors import UnknownQueueError, UsageError
-from acmeq.observability.metrics import BOUNDS_MS, BUCKET_LABELS, HOUR_KEY, MINUTE_KEY
+from acmeq.observability.metrics import BOUNDS_MS, BUCKET_LABELS
 from acmeq.timeparse import parse_duration
 
 ALL = "(all)"  # the row that sums every queue of the catalog
@@ -168,8 +169,9 @@ class Window:
         return min(max(self.now - self.starts[-1], 1.0), float(self.step))
 
     def key(self, start: int) -> str:
-        template = MINUTE_KEY if self.resolution is Resolution.MINUTE else HOUR_KEY
-        return template.format(bucket=start)
+        if self.resolution is Resolution.MINUTE:
+            return keys.metrics_minute(start)
+        return keys.metrics_hour(start)
 
     def seconds(self, index: int) -> float:
         """How long bucket ``index`` has been collecting."""

@@ -45,37 +45,15 @@ from typing import Any
 
 import redis
 
+from acmeq import keys
 from acmeq.config.settings import Settings
 from acmeq.errors import AlertChannelError
-from acmeq.constants import KEY_PREFIX
-from acmeq.observability.alerts.channels import (
-    Channel,
-    Notice,
-    NoticeKind,
-    Severity,
-    configured,
-    duration,
-    log_notice,
-    send,
-)
-from acmeq.observability.alerts.rules import (
-    ACTIVE_KEY,
-    CURSOR_KEY,
-    PROGRESS_KEY,
-    Rule,
-    decide,
-    load_json_hash,
-    measure,
-)
+from acmeq.observability.alerts.channels import Channel, configured, log_notice, send
+from acmeq.observability.alerts.notice import Notice, NoticeKind, Severity, duration
+from acmeq.observability.alerts.rules import Rule, decide, load_json_hash, measure
 from acmeq.storage.redis_client import text
 
 log = logging.getLogger("acmeq.observability.alerts.engine")
-
-HISTORY_KEY = KEY_PREFIX + "alerts:history"
-OUTBOX_KEY = KEY_PREFIX + "alerts:outbox"
-OUTBOX_SEQ_KEY = KEY_PREFIX + "alerts:outbox:seq"
-CHANNELS_KEY = KEY_PREFIX + "alerts:channels"
-LOCK_KEY = KEY_PREFIX + "alerts:lock"
 
 HISTORY_MAX = 500
 LOCK_TTL_S = 15.0  # a dead evaluator is replaced this long after its last evaluation
@@ -111,19 +89,19 @@ def evaluate(
     if not commit:
         return notices
     channels = [c for c in configured(settings) if c is not Channel.LOG]
-    seq = connection.incrby(OUTBOX_SEQ_KEY, len(notices)) if notices and channels else 0
+    seq = connection.incrby(keys.ALERTS_OUTBOX_SEQ, len(notices)) if notices and channels else 0
     pipe = connection.pipeline(transaction=True)
     if writes:
-        pipe.hset(ACTIVE_KEY, mapping=_json_values(writes))
+        pipe.hset(keys.ALERTS_ACTIVE, mapping=_json_values(writes))
     if deletes:
-        pipe.hdel(ACTIVE_KEY, *deletes)
+        pipe.hdel(keys.ALERTS_ACTIVE, *deletes)
     if cursor_state["progress"]:
-        pipe.hset(PROGRESS_KEY, mapping=_json_values(cursor_state["progress"]))
+        pipe.hset(keys.ALERTS_PROGRESS, mapping=_json_values(cursor_state["progress"]))
     if cursor_state["cursors"]:
-        pipe.hset(CURSOR_KEY, mapping=_json_values(cursor_state["cursors"]))
+        pipe.hset(keys.ALERTS_CURSOR, mapping=_json_values(cursor_state["cursors"]))
     if notices:
-        pipe.lpush(HISTORY_KEY, *(json.dumps(n.to_dict()) for n in notices))
-        pipe.ltrim(HISTORY_KEY, 0, HISTORY_MAX - 1)
+        pipe.lpush(keys.ALERTS_HISTORY, *(json.dumps(n.to_dict()) for n in notices))
+        pipe.ltrim(keys.ALERTS_HISTORY, 0, HISTORY_MAX - 1)
     if notices and channels:
         first = int(seq) - len(notices) + 1
         entries = {
@@ -134,7 +112,7 @@ def evaluate(
             }
             for i, n in enumerate(notices)
         }
-        pipe.hset(OUTBOX_KEY, mapping=_json_values(entries))
+        pipe.hset(keys.ALERTS_OUTBOX, mapping=_json_values(entries))
     pipe.execute()
     for n in notices:
         log_notice(n)
@@ -164,10 +142,10 @@ def deliver_outbox(
     """
     now = time.time() if now is None else now
     report = Delivery()
-    raw = connection.hgetall(OUTBOX_KEY)
+    raw = connection.hgetall(keys.ALERTS_OUTBOX)
     if not raw:
         return report
-    health = load_json_hash(connection.hgetall(CHANNELS_KEY))
+    health = load_json_hash(connection.hgetall(keys.ALERTS_CHANNELS))
     wanted = {str(c) for c in configured(settings)}
     blocked = {ch for ch, st in health.items() if float(st.get("retry_at", 0)) > now}
     updates: dict[str, Any] = {}
@@ -226,11 +204,11 @@ def deliver_outbox(
             done.append(field_name)
     pipe = connection.pipeline(transaction=True)
     if updates:
-        pipe.hset(OUTBOX_KEY, mapping=_json_values(updates))
+        pipe.hset(keys.ALERTS_OUTBOX, mapping=_json_values(updates))
     if done:
-        pipe.hdel(OUTBOX_KEY, *done)
+        pipe.hdel(keys.ALERTS_OUTBOX, *done)
     if health:
-        pipe.hset(CHANNELS_KEY, mapping=_json_values(health))
+        pipe.hset(keys.ALERTS_CHANNELS, mapping=_json_values(health))
     pipe.execute()
     _trim_outbox(connection)
     return report
@@ -238,11 +216,11 @@ def deliver_outbox(
 
 def _trim_outbox(connection: redis.Redis) -> None:
     """Keep the outbox bounded when a channel is down for long (oldest entries go first)."""
-    if connection.hlen(OUTBOX_KEY) <= OUTBOX_MAX:
+    if connection.hlen(keys.ALERTS_OUTBOX) <= OUTBOX_MAX:
         return
-    keys = sorted(text(k) for k in connection.hkeys(OUTBOX_KEY))
-    excess = keys[: len(keys) - OUTBOX_MAX]
-    connection.hdel(OUTBOX_KEY, *excess)
+    fields = sorted(text(k) for k in connection.hkeys(keys.ALERTS_OUTBOX))
+    excess = fields[: len(fields) - OUTBOX_MAX]
+    connection.hdel(keys.ALERTS_OUTBOX, *excess)
     log.error("alert outbox full: dropped the %d oldest undelivered notices", len(excess))
 
 
@@ -292,15 +270,15 @@ return 0
 def hold_lock(connection: redis.Redis, owner: str, ttl: float = LOCK_TTL_S) -> bool:
     """Take or refresh the evaluator lock; False when another owner holds it."""
     script = connection.register_script(_ACQUIRE)
-    return bool(script(keys=[LOCK_KEY], args=[owner, int(ttl * 1000)]))
+    return bool(script(keys=[keys.ALERTS_LOCK], args=[owner, int(ttl * 1000)]))
 
 
 def release_lock(connection: redis.Redis, owner: str) -> None:
-    connection.register_script(_RELEASE)(keys=[LOCK_KEY], args=[owner])
+    connection.register_script(_RELEASE)(keys=[keys.ALERTS_LOCK], args=[owner])
 
 
 def lock_holder(connection: redis.Redis) -> str | None:
-    holder = connection.get(LOCK_KEY)
+    holder = connection.get(keys.ALERTS_LOCK)
     return text(holder) if holder else None
 
 
@@ -320,7 +298,7 @@ def maybe_evaluate(
         evaluate(connection, settings, evaluator=owner)
         if not background:
             deliver_outbox(connection, settings)
-        elif connection.hlen(OUTBOX_KEY):
+        elif connection.hlen(keys.ALERTS_OUTBOX):
             _deliver_in_background(connection, settings)
     except redis.RedisError as exc:
         log.error("alert evaluation failed: %s", exc)
@@ -365,7 +343,8 @@ def evaluate_once(
 def active_alerts(connection: redis.Redis) -> list[dict[str, Any]]:
     """The active alerts, critical first, then oldest first; each with its ``id``."""
     rows = [
-        dict(rec, id=aid) for aid, rec in load_json_hash(connection.hgetall(ACTIVE_KEY)).items()
+        dict(rec, id=aid)
+        for aid, rec in load_json_hash(connection.hgetall(keys.ALERTS_ACTIVE)).items()
     ]
     rows.sort(key=lambda r: (r.get("severity") != Severity.CRITICAL, float(r.get("since", 0))))
     return rows
@@ -376,7 +355,7 @@ def history(connection: redis.Redis, count: int = 20) -> list[dict[str, Any]]:
     if count <= 0:
         return []
     out = []
-    for raw in connection.lrange(HISTORY_KEY, 0, count - 1):
+    for raw in connection.lrange(keys.ALERTS_HISTORY, 0, count - 1):
         try:
             out.append(json.loads(raw))
         except ValueError:
@@ -387,9 +366,9 @@ def history(connection: redis.Redis, count: int = 20) -> list[dict[str, Any]]:
 def overview(connection: redis.Redis, settings: Settings, history_count: int) -> dict[str, Any]:
     """Everything `acmeq alerts list` shows, as one JSON-ready document."""
     pipe = connection.pipeline(transaction=False)
-    pipe.get(LOCK_KEY)
-    pipe.hlen(OUTBOX_KEY)
-    pipe.hgetall(CHANNELS_KEY)
+    pipe.get(keys.ALERTS_LOCK)
+    pipe.hlen(keys.ALERTS_OUTBOX)
+    pipe.hgetall(keys.ALERTS_CHANNELS)
     holder, outbox, channels = pipe.execute()
     return {
         "enabled": settings.monitoring_enabled,

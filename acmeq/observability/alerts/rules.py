@@ -1,12 +1,13 @@
 """The alert rules: what is measured on the queues and what it means (no storage, no sending).
 
-:func:`measure` reads every queue of the catalog in three pipelined round trips — ready count
-(LLEN), the head job's ``enqueued_at`` (LINDEX 0 + HGET), the cumulative processed/failed counters
-(``acmeq:stats:<queue>``), pauses, and for critical queues the new entries of RQ's failed
-registry — and advances the dead-man clock and the failure cursor it is given. :func:`decide`
-compares the outcome with the active alerts and returns the notices; it is pure, so every rule is
-unit-tested without Redis. :mod:`acmeq.observability.alerts.engine` stores and sends what these
-functions return.
+:func:`measure` reads every queue of the catalog through the queue probe
+(:mod:`acmeq.observability.probe`: ready count, oldest job's age, cumulative processed/failed
+counters, pauses) together with the alert state, then for critical queues the new entries of RQ's
+failed registry, and advances the dead-man clock and the failure cursor it is given.
+:func:`decide` compares the outcome with the active alerts and returns the notices; it is pure, so
+every rule is unit-tested without Redis. :mod:`acmeq.observability.alerts.engine` stores and sends
+what these functions return. :func:`standing` is what `acmeq status` shows: the active alerts
+re-checked against the live probe, so it never shows a condition that no longer holds.
 """
 
 from __future__ import annotations
@@ -19,17 +20,12 @@ from typing import Any
 
 import redis
 
+from acmeq import keys
 from acmeq.config.settings import QueueSpec, Settings
-from acmeq.constants import ALERTS_ACTIVE_KEY, KEY_PREFIX, PAUSED_QUEUE_KEY
-from acmeq.observability.alerts.channels import Notice, NoticeKind, Severity, duration, iso
+from acmeq.observability import probe
+from acmeq.observability.alerts.notice import Notice, NoticeKind, Severity, duration, iso
 from acmeq.ops.failure_log import exception_line
 from acmeq.storage.redis_client import text
-from acmeq.worker.fastpath import STATS_KEY
-
-# Redis keys of the alert state (documented in acmeq/alerts.py).
-ACTIVE_KEY = ALERTS_ACTIVE_KEY
-PROGRESS_KEY = KEY_PREFIX + "alerts:progress"
-CURSOR_KEY = KEY_PREFIX + "alerts:cursor"
 
 DEADMAN_MARGIN_S = 60  # RQ's heartbeat margin beyond a job's timeout
 FAILED_OVERLAP_S = 60.0  # failures may reach the registry out of order by this much
@@ -38,6 +34,9 @@ DETAILS_MAX = 20  # failed jobs listed in one notice
 # A state alert resolves once its condition has been clear this long (three evaluations), so a
 # value hovering around its threshold does not send a FIRING/RESOLVED pair every few seconds.
 RESOLVE_HOLD_S = 15.0
+# An alert that cannot be re-checked from the probe (failures, unknown rules) is shown as stale
+# when no evaluator holds the lock and it was not refreshed for this long.
+STALE_AFTER_S = 60.0
 
 
 class Rule(StrEnum):
@@ -119,63 +118,55 @@ def _parse_time(raw: bytes | None) -> float | None:
         return None
 
 
+def queue_state(
+    spec: QueueSpec, load: probe.QueueSnapshot, clock: Mapping[str, Any] | None, now: float
+) -> tuple[QueueState, dict[str, Any]]:
+    """One queue's state from the probe, and its dead-man clock advanced to ``now``.
+
+    The clock restarts whenever a job finished, the queue was empty or paused.
+    """
+    done = load.done_total
+    if clock is None or clock.get("count") != done or not load.ready or load.paused:
+        clock = {"count": done, "since": now}
+    stalled = now - _num(clock, "since", now)
+    state = QueueState(spec, load.ready, load.oldest_age_s, done, load.paused, stalled)
+    return state, dict(clock)
+
+
 def measure(
     connection: redis.Redis, settings: Settings, now: float
 ) -> tuple[dict[str, QueueState], dict[str, dict[str, Any]], dict[str, Any]]:
     """Measure every queue of the catalog; return the queues, the active alerts and the next
-    dead-man/cursor state to store (three pipelined round trips)."""
-    queues = list(settings.queues.values())
+    dead-man/cursor state to store (two or three pipelined round trips)."""
+    names = list(settings.queues)
     critical = [q for q in settings.alerts.critical_queues if q in settings.queues]
     pipe = connection.pipeline(transaction=False)
-    pipe.hgetall(ACTIVE_KEY)
-    pipe.hgetall(PROGRESS_KEY)
-    pipe.hgetall(CURSOR_KEY)
-    pipe.exists("rq:suspended")
-    for q in queues:
-        pipe.llen(f"rq:queue:{q.name}")
-        pipe.lindex(f"rq:queue:{q.name}", 0)
-        pipe.hmget(STATS_KEY.format(queue=q.name), ["processed", "failed"])
-        pipe.exists(PAUSED_QUEUE_KEY.format(queue=q.name))
+    pipe.hgetall(keys.ALERTS_ACTIVE)
+    pipe.hgetall(keys.ALERTS_PROGRESS)
+    pipe.hgetall(keys.ALERTS_CURSOR)
+    probe.queue_reads(pipe, names)
     replies = pipe.execute()
-    active, progress, cursors = (
-        load_json_hash(replies[0]),
-        load_json_hash(replies[1]),
-        load_json_hash(replies[2]),
-    )
-    suspended = bool(replies[3])
-    heads: dict[str, str] = {}
+    active, clocks, cursors = (load_json_hash(r) for r in replies[:3])
+    loads = probe.parse(replies[3], names, now=now).queues
     states: dict[str, QueueState] = {}
     next_progress: dict[str, Any] = {}
-    for i, q in enumerate(queues):
-        ready, head, counts, paused = replies[4 + 4 * i : 8 + 4 * i]
-        done = sum(int(c or 0) for c in counts)
-        paused = bool(paused) or suspended
-        if head:
-            heads[q.name] = text(head)
-        prev = progress.get(q.name)
-        # The clock restarts whenever a job finished, the queue was empty or paused.
-        if prev is None or prev.get("count") != done or not ready or paused:
-            prev = {"count": done, "since": now}
-        next_progress[q.name] = prev
-        states[q.name] = QueueState(q, int(ready), None, done, paused, now - prev["since"])
-
-    pipe = connection.pipeline(transaction=False)
-    for name in heads.values():
-        pipe.hget(f"rq:job:{name}", "enqueued_at")
-    lowers: dict[str, float] = {}
-    for name in critical:
-        cur = cursors.get(name)
-        lowers[name] = (float(cur["t"]) if cur else now) - FAILED_OVERLAP_S
-        low = lowers[name] + settings.queues[name].failure_ttl
-        pipe.zrangebyscore(
-            f"rq:failed:{name}", low, "+inf", start=0, num=FAILED_BATCH_MAX, withscores=True
+    for name in names:
+        states[name], next_progress[name] = queue_state(
+            settings.queues[name], loads[name], clocks.get(name), now
         )
-    replies = pipe.execute()
-    for name, stamp in zip(heads, replies[: len(heads)], strict=True):
-        enqueued = _parse_time(stamp)
-        if enqueued is not None:
-            states[name].oldest_age = max(now - enqueued, 0.0)
-    candidates = dict(zip(critical, replies[len(heads) :], strict=True))
+
+    lowers: dict[str, float] = {}
+    candidates: dict[str, list[tuple[bytes, float]]] = {}
+    if critical:
+        pipe = connection.pipeline(transaction=False)
+        for name in critical:
+            cur = cursors.get(name)
+            lowers[name] = (float(cur["t"]) if cur else now) - FAILED_OVERLAP_S
+            low = lowers[name] + settings.queues[name].failure_ttl
+            pipe.zrangebyscore(
+                keys.failed(name), low, "+inf", start=0, num=FAILED_BATCH_MAX, withscores=True
+            )
+        candidates = dict(zip(critical, pipe.execute(), strict=True))
     next_cursors = _new_failures(connection, settings, now, states, cursors, lowers, candidates)
     return states, active, {"progress": next_progress, "cursors": next_cursors}
 
@@ -203,8 +194,8 @@ def _new_failures(
         }
     pipe = connection.pipeline(transaction=False)
     for _, job_id, _ in flat:
-        pipe.hmget(f"rq:job:{job_id}", ["ended_at", "failure_ttl", "description"])
-        pipe.xrevrange(f"rq:results:{job_id}", count=1)
+        pipe.hmget(keys.job(job_id), ["ended_at", "failure_ttl", "description"])
+        pipe.xrevrange(keys.results(job_id), count=1)
     replies = pipe.execute()
     found: dict[str, list[tuple[str, FailedJob]]] = {q: [] for q in candidates}
     for i, (q, job_id, score) in enumerate(flat):
@@ -341,26 +332,24 @@ def _resolved_message(rule: str, st: QueueState | None, settings: Settings) -> s
     return "cleared"
 
 
-def decide(
-    settings: Settings,
-    states: Mapping[str, QueueState],
-    active: Mapping[str, dict[str, Any]],
-    now: float,
-    evaluator: str = "",
-) -> tuple[list[Notice], dict[str, dict[str, Any]], list[str]]:
-    """Compare the conditions with the active alerts: the notices to send, the active entries
-    to write and the ones to delete. Pure: no Redis."""
-    cooldown = settings.alerts.cooldown
-    notices: list[Notice] = []
-    writes: dict[str, dict[str, Any]] = {}
-    deletes: list[str] = []
+@dataclass
+class _Outcome:
+    """What one evaluation decides: notices to send, active entries to write and to delete."""
+
+    settings: Settings
+    now: float
+    evaluator: str
+    notices: list[Notice] = field(default_factory=list)
+    writes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    deletes: list[str] = field(default_factory=list)
 
     def notice(
-        kind: NoticeKind, aid: str, rec: dict[str, Any], details: Iterable[str] = ()
+        self, kind: NoticeKind, aid: str, rec: Mapping[str, Any], details: Iterable[str] = ()
     ) -> None:
         # Stored records are read leniently: one hand-edited entry must not stop every evaluation.
         severity = rec.get("severity")
-        notices.append(
+        now = self.now
+        self.notices.append(
             Notice(
                 kind=kind,
                 alert_id=aid,
@@ -372,11 +361,33 @@ def decide(
                 threshold=_num(rec, "threshold"),
                 since=_num(rec, "since", now),
                 at=now,
-                evaluator=evaluator,
+                evaluator=self.evaluator,
                 details=tuple(details),
             )
         )
 
+
+def decide(
+    settings: Settings,
+    states: Mapping[str, QueueState],
+    active: Mapping[str, dict[str, Any]],
+    now: float,
+    evaluator: str = "",
+) -> tuple[list[Notice], dict[str, dict[str, Any]], list[str]]:
+    """Compare the conditions with the active alerts: the notices to send, the active entries
+    to write and the ones to delete. Pure: no Redis."""
+    out = _Outcome(settings, now, evaluator)
+    _decide_states(out, states, active)
+    _decide_failures(out, states, active)
+    return out.notices, out.writes, out.deletes
+
+
+def _decide_states(
+    out: _Outcome, states: Mapping[str, QueueState], active: Mapping[str, dict[str, Any]]
+) -> None:
+    """State rules: FIRING when a condition starts, REMINDER every cooldown, RESOLVED once it
+    has been clear for RESOLVE_HOLD_S."""
+    settings, now, cooldown = out.settings, out.now, out.settings.alerts.cooldown
     for aid, cond in conditions(settings, states).items():
         rec = dict(active.get(aid) or {})
         fresh = not rec
@@ -392,25 +403,29 @@ def decide(
         rec.pop("clear_since", None)  # back within the hold: the same alert goes on
         if fresh:
             rec.update(since=now, last_notified=now, notices=1)
-            notice(NoticeKind.FIRING, aid, rec)
+            out.notice(NoticeKind.FIRING, aid, rec)
         elif cooldown and now - _num(rec, "last_notified") >= cooldown:
             rec.update(last_notified=now, notices=int(_num(rec, "notices", 1)) + 1)
-            notice(NoticeKind.REMINDER, aid, rec)
-        writes[aid] = rec
+            out.notice(NoticeKind.REMINDER, aid, rec)
+        out.writes[aid] = rec
     for aid, rec in active.items():
-        if rec.get("rule") in STATE_RULES and aid not in writes:
+        if rec.get("rule") in STATE_RULES and aid not in out.writes:
             st = states.get(rec.get("queue", ""))
             clear_since = _num(rec, "clear_since", now)
             if st is not None and now - clear_since < RESOLVE_HOLD_S:
-                writes[aid] = dict(rec, clear_since=clear_since, updated_at=now)
+                out.writes[aid] = dict(rec, clear_since=clear_since, updated_at=now)
                 continue
             cleared = dict(rec, message=_resolved_message(str(rec["rule"]), st, settings))
             cleared["message"] += f"; was firing for {duration(now - _num(rec, 'since', now))}"
-            notice(NoticeKind.RESOLVED, aid, cleared)
-            deletes.append(aid)
+            out.notice(NoticeKind.RESOLVED, aid, cleared)
+            out.deletes.append(aid)
 
-    # Failures on critical queues: every batch is news; quiet for a cooldown resolves.
-    critical = set(settings.alerts.critical_queues)
+
+def _decide_failures(
+    out: _Outcome, states: Mapping[str, QueueState], active: Mapping[str, dict[str, Any]]
+) -> None:
+    """Failures on critical queues: every batch is news; quiet for a cooldown resolves."""
+    now = out.now
     for st in states.values():
         if not st.new_failures:
             continue
@@ -435,19 +450,76 @@ def decide(
             updated_at=now,
             notices=int(_num(rec, "notices")) + 1,
         )
-        notice(NoticeKind.FIRING, aid, rec, lines)
-        writes[aid] = rec
+        out.notice(NoticeKind.FIRING, aid, rec, lines)
+        out.writes[aid] = rec
     for aid, rec in active.items():
-        if rec.get("rule") != Rule.FAILED or aid in writes:
+        if rec.get("rule") != Rule.FAILED or aid in out.writes:
+            continue
+        if _failures_hold(out.settings, rec, now):
             continue
         quiet = now - _num(rec, "last_event", _num(rec, "since", now))
-        if rec.get("queue") not in critical or quiet >= cooldown:
-            total = int(_num(rec, "total", _num(rec, "value")))
-            cleared = dict(
-                rec,
-                message=f"no new permanent failures for {duration(quiet)} "
-                f"({total} since {iso(_num(rec, 'since', now))}; see `acmeq failed list`)",
-            )
-            notice(NoticeKind.RESOLVED, aid, cleared)
-            deletes.append(aid)
-    return notices, writes, deletes
+        total = int(_num(rec, "total", _num(rec, "value")))
+        cleared = dict(
+            rec,
+            message=f"no new permanent failures for {duration(quiet)} "
+            f"({total} since {iso(_num(rec, 'since', now))}; see `acmeq failed list`)",
+        )
+        out.notice(NoticeKind.RESOLVED, aid, cleared)
+        out.deletes.append(aid)
+
+
+def _failures_hold(settings: Settings, rec: Mapping[str, Any], now: float) -> bool:
+    """A failure alert lasts while its queue is critical and a cooldown has not passed quietly."""
+    quiet = now - _num(rec, "last_event", _num(rec, "since", now))
+    return rec.get("queue") in settings.alerts.critical_queues and quiet < settings.alerts.cooldown
+
+
+# -- what `acmeq status` shows --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Standing:
+    """An active alert as it stands now."""
+
+    id: str
+    record: dict[str, Any]  # the stored record; for state rules with the live message and value
+    stale_s: float | None  # not re-checkable and not refreshed for this long; None: current
+
+
+def standing(
+    settings: Settings,
+    loads: Mapping[str, probe.QueueSnapshot],
+    active: Mapping[str, dict[str, Any]],
+    clocks: Mapping[str, dict[str, Any]],
+    now: float,
+    evaluator_running: bool,
+) -> list[Standing]:
+    """The active alerts that still hold, re-checked against the live probe (read-only).
+
+    A state alert (wait, backlog, dead-man) is shown only while its condition holds now, with
+    today's value in its message, whether or not an evaluator has run since: a queue cleared
+    after a backlog alert shows no backlog alert. A failure alert is shown while its quiet
+    period lasts. Records that cannot be re-checked (failures, unknown rules) are marked stale
+    with their age when no evaluator is running and they were not refreshed for STALE_AFTER_S.
+    """
+    states = {
+        name: queue_state(settings.queues[name], load, clocks.get(name), now)[0]
+        for name, load in loads.items()
+        if name in settings.queues
+    }
+    holding = conditions(settings, states)
+    out = []
+    for aid, rec in active.items():
+        rule = rec.get("rule")
+        if rule in STATE_RULES:
+            cond = holding.get(aid)
+            if cond is None:
+                continue  # no longer holds: the evaluator resolves it at its next pass
+            out.append(Standing(aid, dict(rec, message=cond.message, value=cond.value), None))
+            continue
+        if rule == Rule.FAILED and not _failures_hold(settings, rec, now):
+            continue
+        age = now - _num(rec, "updated_at", _num(rec, "since", now))
+        stale = not evaluator_running and age > STALE_AFTER_S
+        out.append(Standing(aid, dict(rec), age if stale else None))
+    return out
