@@ -22,6 +22,7 @@ from acmeq.commands import db as db_cmd
 from acmeq.commands import demo as demo_cmd
 from acmeq.commands import donation as donation_cmd
 from acmeq.commands import enqueue as enqueue_cmd
+from acmeq.commands import export as export_cmd
 from acmeq.commands import failed as failed_cmd
 from acmeq.commands import job as job_cmd
 from acmeq.commands import metrics as metrics_cmd
@@ -60,6 +61,7 @@ app.add_typer(metrics_cmd.app, name="metrics")
 app.add_typer(backup_cmd.app, name="backup")
 app.add_typer(webhook_cmd.app, name="webhook")
 app.add_typer(donation_cmd.app, name="donation")
+app.add_typer(export_cmd.app, name="export")
 app.command(name="cleanup", help="Delete data past its retention (--dry-run: show it).")(
     cleanup_cmd.cleanup
 )
