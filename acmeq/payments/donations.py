@@ -12,7 +12,7 @@ reads that follow cannot be stale.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -31,6 +31,7 @@ from acmeq.payments.sqlutil import (
 from acmeq.storage.models import DonationStatus, utcnow
 
 MILESTONE_PERCENTS = (25, 50, 75, 100)
+COUNTED = [s.value for s in DonationStatus if s.counts_towards_total]
 
 
 class DonationNotFound(RefundError):
@@ -195,7 +196,22 @@ def _apply_match(
     if rule is None or donor_id is None or rule.currency.upper() != currency.upper():
         return 0
     key = {"company_id": rule.company_id, "user_id": donor_id, "year": now.year}
-    insert_ignore(conn, MATCH_TOTALS, {**key, "matched_minor": 0, "updated_at": now}, list(key))
+    # The first match of the year starts from what the employee's donations of this year were
+    # matched before the ledger existed (imported or seeded data); later ones use the ledger.
+    start = datetime(now.year, 1, 1, tzinfo=UTC)
+    before = (
+        sa.select(sa.func.coalesce(sa.func.sum(DONATIONS.c.matched_minor), 0))
+        .where(
+            (DONATIONS.c.donor_id == donor_id)
+            & (DONATIONS.c.completed_at >= start)
+            & (DONATIONS.c.completed_at < start.replace(year=now.year + 1))
+            & DONATIONS.c.status.in_(COUNTED)
+        )
+        .scalar_subquery()
+    )
+    insert_ignore(
+        conn, MATCH_TOTALS, {**key, "matched_minor": before, "updated_at": now}, list(key)
+    )
     where = (
         (MATCH_TOTALS.c.company_id == rule.company_id)
         & (MATCH_TOTALS.c.user_id == donor_id)

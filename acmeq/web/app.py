@@ -33,6 +33,7 @@ from acmeq.web.verify import UnavailableError, VerificationError, VerifiedEvent
 log = logging.getLogger("acmeq.web")
 
 PROVIDERS = ("stripe", "mollie", "paypal")
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus text format
 
 
 class _TooLarge(Exception):
@@ -152,13 +153,19 @@ class Receiver:
         return checks
 
     async def metrics_page(self, request: Request) -> Response:
-        from acmeq.observability.prometheus import CONTENT_TYPE, exposition
-
         try:
-            page = await run_in_threadpool(exposition, self.settings, self.redis)
-        except redis.RedisError as exc:
+            page = await run_in_threadpool(_queue_exposition, self.settings, self.redis)
+        except Exception as exc:  # Redis down or the builder failing: still show our counters
+            log.error("acmeq queue metrics unavailable: %s: %s", type(exc).__name__, exc)
             page = f"# acmeq queue metrics unavailable: {type(exc).__name__}\n"
         return PlainTextResponse(page + self.metrics.exposition(), media_type=CONTENT_TYPE)
+
+
+def _queue_exposition(settings: Settings, connection: redis.Redis) -> str:
+    """acmeq's own exposition (queues, workers, jobs): the builder ``acmeq metrics serve`` uses."""
+    from acmeq.observability.prometheus import exposition
+
+    return exposition(settings, connection)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

@@ -137,12 +137,13 @@ class Intake:
     def enqueue(self, row_id: int) -> bool:
         """Enqueue the event's job unless a job with its id exists; True if enqueued now."""
         job_id = job_id_for(row_id)
-        mapping = self.enqueuer._hash(self.jobdef, JobCall(JOB_NAME, (row_id,), job_id=job_id))
-        flat: list[Any] = [job_id, self.queue.key]
-        for key, value in mapping.items():
-            flat.extend((key, value))
         keys = [self.queue.job_class.key_for(job_id), self.queue.key, self.queue.redis_queues_keys]
         try:
+            # The first call builds the job template, which asks Redis for its version.
+            call = JobCall(JOB_NAME, (row_id,), job_id=job_id)
+            flat: list[Any] = [job_id, self.queue.key]
+            for key, value in self.enqueuer._hash(self.jobdef, call).items():
+                flat.extend((key, value))
             return bool(self.script(keys=keys, args=flat))
         except redis.RedisError as exc:
             raise StoreUnavailable("redis", exc) from exc
