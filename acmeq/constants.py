@@ -47,6 +47,16 @@ class WorkerExit(IntEnum):
     REDIS_UNAVAILABLE = 7
 
 
+class MasterExit(IntEnum):
+    """Exit statuses of a master (`acmeq worker start`), for process managers and scripts."""
+
+    OK = 0  # stopped on request (SIGTERM, SIGINT, `acmeq worker terminate`, burst done)
+    USAGE = 2  # bad profile or configuration, name taken, job module that does not import
+    UNREACHABLE = 3  # Redis unreachable at start (once running, an outage is waited out)
+    HALTED = 4  # every pool halted: their workers cannot boot (the reason is in the log)
+    INTERNAL_ERROR = 70  # an unexpected exception in the master's loop (sysexits EX_SOFTWARE)
+
+
 # Redis keys acmeq adds beside RQ's (all under KEY_PREFIX).
 PAUSED_QUEUE_KEY = KEY_PREFIX + "paused:queue:{queue}"
 PAUSED_SUPERVISOR_KEY = KEY_PREFIX + "paused:supervisor:{master}:{supervisor}"

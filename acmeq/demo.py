@@ -146,40 +146,30 @@ def run_demo(
 
 
 def _run_master(cfg: Settings, client: Any) -> tuple[int, list[tuple[float, int, int]]]:
-    """Run `acmeq worker start --profile development --burst`; sample its pool once a second."""
+    """Start a burst master of profile development in the background (the Python API of
+    `acmeq worker start --detach`); sample its pool once a second until it stops."""
     import psutil
 
-    log = open(cfg.state_dir / "master.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "acmeq",
-            "worker",
-            "start",
-            "--profile",
-            "development",
-            "--hostname",
-            "demo",
-            "--burst",
-            "--log-level",
-            "WARNING",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=child_env(cfg),
+    from acmeq.supervisor import MasterOptions, start_detached
+
+    opts = MasterOptions(
+        profile="development", name="demo", hostname="demo", burst=True, log_level="WARNING"
     )
-    master = psutil.Process(proc.pid)
+    master = start_detached(
+        cfg, opts, log_file=cfg.state_dir / "master.log", environ=child_env(cfg)
+    )
     samples: list[tuple[float, int, int]] = []
     started = time.monotonic()
-    while proc.poll() is None and time.monotonic() - started < 300:
+    code: int | None = None
+    while code is None and time.monotonic() - started < 300:
         with contextlib.suppress(psutil.Error):
             backlog = sum(r["ready"] + r["started"] for r in queue_counts(cfg, client))
-            samples.append((time.monotonic() - started, len(master.children()), backlog))
-        time.sleep(1.0)
-    code = proc.wait(timeout=60)
-    log.close()
-    return code, samples
+            workers = len(psutil.Process(master.pid).children())
+            samples.append((time.monotonic() - started, workers, backlog))
+        code = master.wait(timeout=1.0)
+    if code is None:
+        code = master.wait(timeout=60)
+    return (code if code is not None else -1), samples
 
 
 def _cli(cfg: Settings, *args: str) -> str:

@@ -1,19 +1,26 @@
 """The master: runs a profile's supervisors, one pool of worker processes per queue.
 
-Modelled on gunicorn's Arbiter: signal handlers only queue the signal and wake the loop; the
-loop reaps exited workers, respawns them (with backoff after crashes), balances the pools through
-:mod:`acmeq.master.autoscale`, retires the oldest workers first, runs registry maintenance and RQ's
-scheduler for every queue it serves, and publishes its state to Redis for `acmeq worker list`.
+A thin shell (gunicorn's Arbiter is the model) around two pure parts: the pool lifecycle
+(:mod:`acmeq.master.lifecycle`: what to spawn, retire, back off or halt) and the balancing policy
+(:mod:`acmeq.master.autoscale`). Signal handlers only queue the signal and wake the loop; the loop
+reaps exited workers, asks the lifecycle what follows, spawns and retires processes, kills hung
+workers (their heartbeat file went stale), runs registry maintenance and RQ's scheduler for every
+queue it serves, and publishes its state to Redis for `acmeq worker list` and `acmeq status`.
 
 Signals: SIGTERM graceful stop (workers finish their jobs), a second SIGTERM or SIGINT fast stop
 (running jobs are interrupted and retried or failed), SIGHUP rolling restart (new workers start
-before the old ones retire). The same commands arrive from other hosts through Redis.
+before the old ones retire; halted pools try again). The same commands arrive through Redis.
+
+Redis may go away at any time: the master then keeps its workers, logs the outage once, retries
+what failed (recovering a dead worker's jobs included) and resumes as soon as Redis is back; it
+never exits or halts a pool for that. An unexpected exception in the loop is logged with its
+traceback, the workers are stopped gracefully and the master exits with
+:attr:`~acmeq.constants.MasterExit.INTERNAL_ERROR`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import select
@@ -22,25 +29,23 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 import redis
 
-from acmeq.config.settings import ProfileSpec, QueueSpec, Settings, SupervisorSpec
-from acmeq.constants import WorkerExit
+from acmeq.config.settings import ProfileSpec, Settings, SupervisorSpec
+from acmeq.constants import MasterExit, WorkerExit
 from acmeq.errors import UsageError
-from acmeq.master import autoscale, control
-from acmeq.observability.alerts import engine as alerts
-from acmeq.storage.redis_client import text
+from acmeq.master import autoscale, budget, control, daemon, readings
+from acmeq.master import lifecycle as lc
+from acmeq.master.scheduler import Scheduler
 from acmeq.worker import recovery
-from acmeq.worker.fastpath import STATS_KEY
-from acmeq.worker.process import WorkerOptions
+from acmeq.worker.options import WorkerOptions
 
 log = logging.getLogger("acmeq.master")
 
@@ -49,42 +54,22 @@ PUBLISH_S = 2.0
 MAINTAIN_S = 5.0
 SCHEDULE_S = 1.0
 ALERTS_S = 5.0  # every master offers; only the holder of the alert lock evaluates
-OVERRUN_GRACE_S = 30.0  # beyond a job's timeout + 60 s heartbeat margin
-FAST_STOP_GRACE_S = 10.0
-RUNTIME_EWMA = 0.3
-_PR_SET_PDEATHSIG = 1
+HUNG_CHECK_S = 1.0
+RECOVER_RETRY_S = 1.0  # recovery that failed (Redis away) is tried again this often
+BOOT_GRACE_S = 30.0  # a new worker's heartbeat file starts this far in the future
+LOST_JUDGE_AFTER_S = 30.0  # Redis up this long before missing job heartbeats mean a dead worker
+CRASH_STOP_S = 30.0  # after an internal error, workers get this long to stop gracefully
+FAIL_HOOK_ENV = "ACMEQ_TEST_MASTER_FAIL_AFTER"  # tests: raise in the loop after N seconds
 
 
 @dataclass
 class Child:
     proc: subprocess.Popen[bytes]
     name: str
-    started: float  # monotonic
+    key: tuple[str, str]  # (supervisor, queue)
     started_wall: float
-    generation: int
     boot_report: Path
-    retiring: bool = False
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-
-@dataclass
-class Pool:
-    """The workers of one queue within one supervisor."""
-
-    supervisor: SupervisorSpec
-    queue: QueueSpec
-    desired: int
-    children: list[Child] = field(default_factory=list)
-    halted: str | None = None
-    crashes: int = 0  # consecutive early crashes, for the respawn backoff
-    next_spawn: float = 0.0
-
-    @property
-    def active(self) -> list[Child]:
-        return [c for c in self.children if not c.retiring]
+    heartbeat: Path
 
 
 @dataclass
@@ -92,11 +77,14 @@ class MasterOptions:
     profile: str
     name: str = ""  # master name; default: the host name
     hostname: str = ""  # shown in `worker list`; default: socket.gethostname()
-    burst: bool = False  # tests: stop when every queue is empty and idle
+    burst: bool = False  # tests and the demo: stop when every queue is empty and idle
     log_level: str = "INFO"
+    hung_timeout: float = lc.HUNG_TIMEOUT_S  # a worker's heartbeat file older than this: killed
 
 
 class Master:
+    """One master process. Constructing it has no side effects; :meth:`run` does the work."""
+
     def __init__(self, settings: Settings, opts: MasterOptions, connection: redis.Redis) -> None:
         self.settings = settings
         self.profile: ProfileSpec = settings.profile(opts.profile)
@@ -105,44 +93,44 @@ class Master:
         self.opts = opts
         self.connection = connection
         self.pid = os.getpid()
-        self.status = "starting"
-        self.generation = 0
         self.started_wall = time.time()
-        self.pools: dict[tuple[str, str], Pool] = {}
         self.policies = {
             s.name: autoscale.PoolPolicy.from_spec(s) for s in self.profile.supervisors
         }
         self.states = {s.name: autoscale.BalancerState() for s in self.profile.supervisors}
         self.decisions: dict[str, list[autoscale.Decision]] = {}
         self.last_balance: dict[str, float] = {}
-        self.runtime: dict[str, float] = {}  # EWMA of seconds per job, per queue
-        self.counters: dict[str, tuple[float, float]] = {}  # queue -> (processed, runtime)
-        self._signals: list[int] = []
-        self._wake_r, self._wake_w = os.pipe()
-        self._stop_mode: str | None = None  # graceful | fast
-        self._stop_deadline = 0.0
-        self._rolling_since = 0.0
-        self._timers: dict[str, float] = {}
-        self._run_dir = Path(tempfile.mkdtemp(prefix="acmeq-master-"))
-        queues = sorted({q for s in self.profile.supervisors for q in s.queues})
-        self.scheduler = recovery.Scheduler(queues, connection, name=f"acmeq-{self.name}")
+        self.runtimes = readings.Runtimes()
+        counts = []
         for sup in self.profile.supervisors:
             start = autoscale.initial_counts(self.policies[sup.name])
-            for q in sup.queues:
-                self.pools[(sup.name, q)] = Pool(sup, settings.queues[q], start[q])
+            counts += [((sup.name, q), sup.min_processes, start[q]) for q in sup.queues]
+        self.life = lc.pools_at_start(counts)
+        self.queues = sorted({q for s in self.profile.supervisors for q in s.queues})
+        self.scheduler = Scheduler(self.queues, connection, self.name)
+        self.children: dict[str, Child] = {}
+        self.redis = readings.RedisHealth()
+        self.memory_budget = 0
+        self._signals: list[int] = []
+        self._wake: tuple[int, int] | None = None
+        self._stop_deadline = 0.0
+        self._timers: dict[str, float] = {}
+        self._pending: dict[str, tuple[str, str]] = {}  # worker -> (queue, reason) to recover
+        self._run_dir: Path | None = None
+        self._seq = 0
 
     # -- start and stop ----------------------------------------------------------------------
     def check_budget(self) -> None:
-        budget = self.profile.memory_budget_mb or int(
+        memory = self.profile.memory_budget_mb or int(
             psutil.virtual_memory().total / (1024 * 1024) * 0.8
         )
-        problems = autoscale.validate_budget(self.profile, self.settings.queues, budget)
+        problems = budget.validate_budget(self.profile, self.settings.queues, memory)
         if problems:
             raise UsageError("; ".join(problems))
-        self.memory_budget = budget
+        self.memory_budget = memory
 
-    def run(self) -> int:
-        """Serve until stopped; return the process exit code."""
+    def run(self) -> MasterExit:
+        """Serve until stopped; return the exit status."""
         self.check_budget()
         holder = control.claim_name(self.connection, self.name, self.pid, self.hostname)
         if holder is not None:
@@ -150,124 +138,168 @@ class Master:
                 f"a master named {self.name!r} is already running ({holder}); "
                 "stop it or start this one with another --hostname/--name"
             )
+        self._wake = os.pipe()
+        self._run_dir = daemon.make_run_dir()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(sig, self._on_signal)
-        self.status = "running"
         log.info(
             "master %s (pid %d) starting profile %s: %s",
             self.name,
             self.pid,
             self.profile.name,
-            ", ".join(f"{s}/{q}={p.desired}" for (s, q), p in self.pools.items()),
+            ", ".join(f"{s}/{q}={p.desired}" for (s, q), p in self.life.pools.items()),
         )
+        status = MasterExit.OK
         try:
-            while True:
-                self._handle_signals()
-                self._handle_commands()
-                self._reap()
-                if self._stop_mode is not None:
-                    if not any(p.children for p in self.pools.values()):
-                        break
-                    self._push_stop()
-                else:
-                    self._every("balance", TICK_S, self._balance_all)
-                    self._spawn_missing()
-                    self._retire_excess()
-                    self._every("maintain", MAINTAIN_S, self._maintain)
-                    self._every("schedule", SCHEDULE_S, self.scheduler.tick)
-                    self._every(  # logs its own errors, never raises
-                        "alerts",
-                        ALERTS_S,
-                        lambda: alerts.maybe_evaluate(self.connection, self.settings, self.name),
-                    )
-                    if self.opts.burst and self._drained():
-                        self.stop("graceful")
-                    if all(p.halted for p in self.pools.values()):
-                        log.error("every pool is halted; master exits")
-                        self.stop("graceful")
-                self._every("publish", PUBLISH_S, self._publish)
-                self._sleep()
+            self._loop()
+            status = self.life.exit_status()
+        except Exception:
+            log.exception("internal error in the master's loop; stopping the workers")
+            self._stop_after_crash()
+            status = MasterExit.INTERNAL_ERROR
         finally:
-            shutil.rmtree(self._run_dir, ignore_errors=True)
-            self.scheduler.stop()
-            with contextlib.suppress(redis.RedisError):
-                control.withdraw(self.connection, self.name)
-        halted = [p for p in self.pools.values() if p.halted]
-        return 1 if halted and len(halted) == len(self.pools) else 0
+            self._cleanup()
+        log.info("master %s exits with status %d (%s)", self.name, status, status.name)
+        return status
 
-    def stop(self, mode: str) -> None:
+    def _loop(self) -> None:
+        fail_after = float(os.environ.get(FAIL_HOOK_ENV) or 0)
+        started = time.monotonic()
+        while True:
+            self._handle_signals()
+            self._handle_commands()
+            self._reap()
+            if self.life.stopping is not None:
+                if self.life.done():
+                    return
+                self._push_stop()
+            else:
+                self._serve_pools()
+            self._every("publish", PUBLISH_S, self._publish)
+            if self._pending:
+                self._every("recover", RECOVER_RETRY_S, self._retry_recovery)
+            if fail_after and time.monotonic() - started > fail_after:
+                raise RuntimeError(f"{FAIL_HOOK_ENV}: injected failure")
+            self._sleep()
+
+    def _serve_pools(self) -> None:
+        self._every("balance", TICK_S, self._balance_all)
+        now = time.monotonic()
+        for key, slot in self.life.spawns(now):
+            self._spawn(key, slot, now)
+        for _key, worker in self.life.retirements(now):
+            self._signal(worker.name, signal.SIGTERM)
+        self._every("hung", HUNG_CHECK_S, self._kill_hung)
+        self._every("maintain", MAINTAIN_S, self._maintain)
+        self._every("schedule", SCHEDULE_S, self.scheduler.tick)
+        self._every("schedules", SCHEDULE_S, self._schedules)
+        self._every("alerts", ALERTS_S, self._alerts)
+        if self.opts.burst and self._every("drained", 1.0, self._drained):
+            self.stop(lc.StopMode.GRACEFUL)
+        if self.life.all_halted():
+            log.error("every pool is halted; master exits")
+            self.stop(lc.StopMode.GRACEFUL)
+
+    def stop(self, mode: lc.StopMode) -> None:
         """Begin a graceful or fast stop (idempotent; fast wins)."""
-        if self._stop_mode == "fast" or self._stop_mode == mode:
+        if not self.life.stop(mode):
             return
         log.info("master %s: %s stop", self.name, mode)
-        self._stop_mode = mode
-        self.status = "terminating"
-        # A worker stops fast on SIGINT (two SIGTERMs sent back to back would merge into one
-        # pending signal and read as a graceful stop).
-        sig = signal.SIGINT if mode == "fast" else signal.SIGTERM
-        for pool in self.pools.values():
-            for child in pool.children:
-                self._signal(child, sig)
-        longest = max((p.supervisor.timeout_for(p.queue) for p in self.pools.values()), default=0)
-        grace = FAST_STOP_GRACE_S if mode == "fast" else longest + OVERRUN_GRACE_S
-        self._stop_deadline = time.monotonic() + grace
+        for child in self.children.values():
+            self._signal(child.name, lc.stop_signal(mode))
+        longest = max(
+            (
+                self.profile_supervisor(k).timeout_for(self.settings.queues[k[1]])
+                for k in self.life.pools
+            ),
+            default=0,
+        )
+        self._stop_deadline = time.monotonic() + lc.stop_grace(mode, longest)
+
+    def profile_supervisor(self, key: tuple[str, str]) -> SupervisorSpec:
+        return next(s for s in self.profile.supervisors if s.name == key[0])
 
     def _push_stop(self) -> None:
         if time.monotonic() < self._stop_deadline:
             return
-        for pool in self.pools.values():
-            for child in pool.children:
-                log.warning("worker %s did not stop in time: killing it", child.name)
-                self._signal(child, signal.SIGKILL)
+        for child in self.children.values():
+            log.warning("worker %s did not stop in time: killing it", child.name)
+            self.life.kill(child.key, child.name, "did not stop in time")
+            self._signal(child.name, signal.SIGKILL)
         self._stop_deadline = time.monotonic() + 5
+
+    def _stop_after_crash(self) -> None:
+        """Stop the workers gracefully (bounded), after the loop itself failed."""
+        self.life.stopping = None
+        with contextlib.suppress(Exception):
+            self.stop(lc.StopMode.GRACEFUL)
+        self._stop_deadline = min(self._stop_deadline, time.monotonic() + CRASH_STOP_S)
+        deadline = time.monotonic() + CRASH_STOP_S + 10
+        while self.children and time.monotonic() < deadline:
+            try:
+                self._reap()
+                self._push_stop()
+            except Exception:
+                log.exception("while stopping the workers")
+                for child in self.children.values():
+                    self._signal(child.name, signal.SIGKILL)
+            time.sleep(TICK_S)
+
+    def _cleanup(self) -> None:
+        if self._run_dir is not None:
+            shutil.rmtree(self._run_dir, ignore_errors=True)
+        if self._wake is not None:
+            for fd in self._wake:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        with contextlib.suppress(redis.RedisError):
+            self.scheduler.stop()
+        with contextlib.suppress(redis.RedisError):
+            control.withdraw(self.connection, self.name)
 
     # -- signals and commands ------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: Any) -> None:
         # Only queue it: everything happens in the loop (gunicorn's Arbiter).
         self._signals.append(signum)
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b".")
+        if self._wake is not None:
+            with contextlib.suppress(OSError):
+                os.write(self._wake[1], b".")
 
     def _handle_signals(self) -> None:
         while self._signals:
-            signum = self._signals.pop(0)
-            if signum == signal.SIGCHLD:
-                continue
-            if signum == signal.SIGHUP:
-                self.restart()
-            elif signum == signal.SIGINT or (signum == signal.SIGTERM and self._stop_mode):
-                self.stop("fast")
-            elif signum == signal.SIGTERM:
-                self.stop("graceful")
+            self._act(lc.intent_of_signal(self._signals.pop(0), self.life.stopping))
 
     def _handle_commands(self) -> None:
-        try:
-            commands = control.pop_commands(self.connection, self.name)
-        except redis.RedisError as exc:
-            log.error("cannot read commands: %s", exc)
-            return
-        for cmd in commands:
+        commands = self._redis("commands", lambda: control.pop_commands(self.connection, self.name))
+        for cmd in commands or []:
             log.info("command from Redis: %s", cmd.get("command"))
-            if cmd.get("command") == "terminate":
-                self.stop("graceful")
-            elif cmd.get("command") == "terminate-fast":
-                self.stop("fast")
-            elif cmd.get("command") == "restart":
-                self.restart()
+            self._act(lc.intent_of_command(str(cmd.get("command"))))
+
+    def _act(self, intent: lc.Intent) -> None:
+        if intent is lc.Intent.RESTART:
+            self.restart()
+        elif intent is lc.Intent.FAST_STOP:
+            self.stop(lc.StopMode.FAST)
+        elif intent is lc.Intent.GRACEFUL_STOP:
+            self.stop(lc.StopMode.GRACEFUL)
 
     def restart(self) -> None:
         """Rolling restart: a new generation starts, then the old one retires."""
-        if self._stop_mode:
-            return
-        self.generation += 1
-        self._rolling_since = time.monotonic()
-        self.status = "restarting"
-        log.info("rolling restart to generation %d", self.generation)
+        if self.life.restart(time.monotonic()):
+            log.info("rolling restart to generation %d", self.life.generation)
 
     # -- processes -------------------------------------------------------------------------------
-    def _spawn(self, pool: Pool) -> None:
-        sup, queue = pool.supervisor, pool.queue
-        report = self._run_dir / f"boot-{sup.name}-{queue.name}-{len(pool.children)}-{time.time()}"
+    def _spawn(self, key: tuple[str, str], slot: int, now: float) -> None:
+        sup, queue = self.profile_supervisor(key), self.settings.queues[key[1]]
+        assert self._run_dir is not None
+        self._seq += 1
+        report = self._run_dir / f"boot-{self._seq}"
+        # The worker's liveness file: it starts BOOT_GRACE_S in the future (imports, waiting
+        # for Redis at boot), then the worker keeps its mtime current (acmeq.worker.liveness).
+        beat = self._run_dir / f"heartbeat-{self._seq}"
+        beat.touch()
+        stamp = time.time() + BOOT_GRACE_S
+        os.utime(beat, (stamp, stamp))
         opts = WorkerOptions(
             queue=queue.name,
             mode=str(sup.mode.value),
@@ -281,103 +313,93 @@ class Master:
             supervisor=sup.name,
             log_level=self.opts.log_level,
             boot_report=str(report),
+            heartbeat_file=str(beat),
         )
         env = dict(os.environ)
         if self.settings.config_path is not None:
             env["ACMEQ_CONFIG"] = str(self.settings.config_path.resolve())
+        # No preexec_fn (unsafe while other threads run): the worker sets its parent-death
+        # signal itself; its own session keeps a terminal's Ctrl-C from reaching it directly.
         proc = subprocess.Popen(
             [sys.executable, "-m", "acmeq.worker", opts.to_json()],
             env=env,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_child_setup(sup.nice),
+            start_new_session=True,
         )
-        child = Child(
-            proc, f"{opts.name}.{proc.pid}", time.monotonic(), time.time(), self.generation, report
-        )
-        pool.children.append(child)
-        log.debug("spawned %s", child.name)
+        if sup.nice:
+            with contextlib.suppress(OSError):
+                base = os.getpriority(os.PRIO_PROCESS, 0)
+                os.setpriority(os.PRIO_PROCESS, proc.pid, base + sup.nice)
+        name = f"{opts.name}.{proc.pid}"
+        self.children[name] = Child(proc, name, key, time.time(), report, beat)
+        self.life.add(key, slot, name, now)
+        log.debug("spawned %s into slot %d", name, slot)
 
-    def _spawn_missing(self) -> None:
-        now = time.monotonic()
-        for pool in self.pools.values():
-            if pool.halted or now < pool.next_spawn:
-                continue
-            current = [c for c in pool.active if c.generation == self.generation]
-            for _ in range(pool.desired - len(current)):
-                self._spawn(pool)
-
-    def _retire_excess(self) -> None:
-        for pool in self.pools.values():
-            old = [c for c in pool.active if c.generation != self.generation]
-            new = [c for c in pool.active if c.generation == self.generation]
-            if old:
-                # Rolling restart: retire the old generation once its successors are up.
-                ready = sum(1 for c in new if time.monotonic() - c.started > 1.0)
-                waited = time.monotonic() - self._rolling_since > 15
-                if ready >= min(len(old), pool.desired) or waited or pool.halted:
-                    for child in old:
-                        self._retire(child)
-            excess = len(new) - pool.desired
-            for child in sorted(new, key=lambda c: c.started)[: max(excess, 0)]:
-                self._retire(child)  # oldest first
-        if self.status == "restarting" and not any(
-            c.generation != self.generation for p in self.pools.values() for c in p.children
-        ):
-            self.status = "running"
-
-    def _retire(self, child: Child) -> None:
-        child.retiring = True
-        self._signal(child, signal.SIGTERM)
-
-    def _signal(self, child: Child, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(child.pid, sig)
+    def _signal(self, name: str, sig: int) -> None:
+        child = self.children.get(name)
+        if child is not None:
+            with contextlib.suppress(ProcessLookupError):
+                child.proc.send_signal(sig)
 
     def _reap(self) -> None:
-        for pool in self.pools.values():
-            for child in list(pool.children):
-                code = child.proc.poll()
-                if code is None:
-                    continue
-                pool.children.remove(child)
-                self._on_exit(pool, child, code)
-
-    def _on_exit(self, pool: Pool, child: Child, code: int) -> None:
-        lived = time.monotonic() - child.started
-        if code == WorkerExit.BOOT_ERROR:
-            reason = _read(child.boot_report) or "worker could not boot (see the log)"
-            pool.halted = reason
-            log.error("pool %s/%s halted: %s", pool.supervisor.name, pool.queue.name, reason)
-            return
-        if code in (WorkerExit.OK, WorkerExit.RECYCLE, WorkerExit.MEMORY_LIMIT):
-            if code == WorkerExit.MEMORY_LIMIT:
-                log.warning("worker %s exited over its memory limit; replacing it", child.name)
-            pool.crashes = 0
-            self._cleanup_dead(pool, child, "worker exited")
-            return
-        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-        log.error("worker %s died (%s) after %.1f s", child.name, how, lived)
-        self._cleanup_dead(pool, child, f"worker {child.name} died ({how})")
-        pool.crashes = pool.crashes + 1 if lived < 10 else 1
-        delay = min(0.5 * 2 ** (pool.crashes - 1), 30.0) if pool.crashes > 1 else 0.0
-        pool.next_spawn = time.monotonic() + delay
-
-    def _cleanup_dead(self, pool: Pool, child: Child, reason: str) -> None:
-        try:
-            recovery.recover_dead_worker(
-                self.connection, child.name, pool.queue.name, reason, self.settings
+        for child in list(self.children.values()):
+            code = child.proc.poll()
+            if code is None:
+                continue
+            del self.children[child.name]
+            redis_ok = True
+            if code == WorkerExit.BOOT_ERROR:  # while Redis is away it is Redis, not the boot
+                redis_ok = bool(self._redis("ping", self.connection.ping))
+            verdict = self.life.exited(
+                child.key,
+                child.name,
+                code,
+                time.monotonic(),
+                redis_ok=redis_ok,
+                boot_reason=_read(child.boot_report),
             )
+            level = logging.ERROR if verdict.alarming else logging.WARNING
+            if verdict.kind in (lc.ExitKind.CLEAN, lc.ExitKind.STOPPED):
+                level = logging.INFO
+            halted = f"pool {child.key[0]}/{child.key[1]} halted: " if verdict.halt else ""
+            log.log(level, "%s%s", halted, verdict.message)
+            for path in (child.boot_report, child.heartbeat):
+                path.unlink(missing_ok=True)
+            if verdict.recover:
+                self._recover(child.name, child.key[1], verdict.message)
+
+    def _recover(self, worker: str, queue: str, reason: str) -> None:
+        try:
+            recovery.recover_dead_worker(self.connection, worker, queue, reason, self.settings)
+            self._pending.pop(worker, None)
+            self.redis.ok()
         except redis.RedisError as exc:
-            log.error("cannot recover jobs of %s now: %s (maintenance will)", child.name, exc)
+            self.redis.failed("recovering a dead worker's jobs", exc)
+            if worker not in self._pending:
+                log.warning("cannot recover the jobs of %s now; retrying every second", worker)
+            self._pending[worker] = (queue, reason)
+
+    def _retry_recovery(self) -> None:
+        for worker, (queue, reason) in list(self._pending.items()):
+            self._recover(worker, queue, reason)
+            if worker in self._pending:
+                return  # still unreachable: try the rest next time
+
+    def _kill_hung(self) -> None:
+        beats: dict[str, float | None] = {}
+        for child in self.children.values():
+            beats[child.name] = None
+            with contextlib.suppress(OSError):
+                beats[child.name] = child.heartbeat.stat().st_mtime
+        for name in lc.hung(beats, time.time(), self.opts.hung_timeout):
+            child = self.children[name]
+            reason = f"hung: no heartbeat for over {self.opts.hung_timeout:g} s"
+            if self.life.kill(child.key, name, reason) is not None:
+                log.error("worker %s is %s; killing it", name, reason)
+                self._signal(name, signal.SIGKILL)
 
     def _drained(self) -> bool:
-        pipe = self.connection.pipeline(transaction=False)
-        names = sorted({q for _, q in self.pools})
-        for q in names:
-            pipe.llen(f"rq:queue:{q}")
-            pipe.zcard(f"rq:wip:{q}")
-            pipe.zcard(f"rq:scheduled:{q}")
-        return not any(pipe.execute())
+        return readings.drained(self.connection, self.queues) and not self._pending
 
     # -- balancing -----------------------------------------------------------------------------
     def _balance_all(self) -> None:
@@ -400,11 +422,11 @@ class Master:
                 self.last_balance[sup.name] = now
                 self.decisions[sup.name] = decisions
             plans[sup.name] = self.decisions.get(sup.name, [])
-        fit = autoscale.fit_host_budget(plans, self.profile.max_processes, self.memory_budget)
+        fit = budget.fit_host_budget(plans, self.profile.max_processes, self.memory_budget)
         for sup_name, fitted in fit.plans.items():
             self.decisions[sup_name] = list(fitted)
             for d in fitted:
-                self.pools[(sup_name, d.queue)].desired = d.desired
+                self.life.pools[(sup_name, d.queue)].desired = d.desired
 
     def plan_once(self) -> dict[str, list[autoscale.Decision]]:
         """What the balancer would decide now (for `worker scale --explain` with no master)."""
@@ -413,188 +435,146 @@ class Master:
         return {s.name: self.decisions.get(s.name, []) for s in self.profile.supervisors}
 
     def _measure(self) -> dict[tuple[str, str], autoscale.QueueLoad]:
-        """Ready jobs, oldest age, average runtime and busy workers, in two round trips."""
-        queues = sorted({q for _, q in self.pools})
-        pipe = self.connection.pipeline(transaction=False)
-        for q in queues:
-            pipe.llen(f"rq:queue:{q}")
-            pipe.lindex(f"rq:queue:{q}", 0)
-            pipe.hmget(STATS_KEY.format(queue=q), ["processed", "runtime"])
-        children = [c for p in self.pools.values() for c in p.active]
-        for child in children:
-            pipe.hget(f"rq:worker:{child.name}", "state")
-        replies = pipe.execute()
-        ready, heads, oldest = {}, {}, {}
-        for i, q in enumerate(queues):
-            ready[q] = int(replies[3 * i])
-            head = replies[3 * i + 1]
-            if head:
-                heads[q] = text(head)
-            self._update_runtime(q, replies[3 * i + 2])
-        busy_state = {
-            c.name: replies[3 * len(queues) + i] == b"busy" for i, c in enumerate(children)
-        }
-        if heads:
-            pipe = self.connection.pipeline(transaction=False)
-            for job_id in heads.values():
-                pipe.hget(f"rq:job:{job_id}", "enqueued_at")
-            for q, stamp in zip(heads, pipe.execute(), strict=True):
-                oldest[q] = _age(stamp)
-        loads = {}
-        for (sup_name, q), pool in self.pools.items():
-            loads[(sup_name, q)] = autoscale.QueueLoad.measured(
-                pool.supervisor,
-                pool.queue,
-                ready=ready[q],
-                oldest_age=oldest.get(q, 0.0),
-                avg_runtime=self.runtime.get(q, 0.0),
-                busy=sum(1 for c in pool.active if busy_state.get(c.name)),
-                current=len([c for c in pool.active if c.generation == self.generation]),
-            )
-        return loads
-
-    def _update_runtime(self, queue: str, raw: list[bytes | None]) -> None:
-        processed = float(raw[0] or 0)
-        runtime = float(raw[1] or 0)
-        last = self.counters.get(queue)
-        self.counters[queue] = (processed, runtime)
-        if last is None or processed <= last[0]:
-            return
-        sample = (runtime - last[1]) / (processed - last[0])
-        prev = self.runtime.get(queue)
-        self.runtime[queue] = sample if prev is None else prev + RUNTIME_EWMA * (sample - prev)
+        return readings.measure(
+            self.connection, self.name, self.profile, self.settings, self.life, self.runtimes
+        )
 
     # -- maintenance and publishing ---------------------------------------------------------------
     def _maintain(self) -> None:
-        for q in sorted({q for _, q in self.pools}):
-            try:
-                recovery.maintain_queue(self.connection, q)
-            except redis.RedisError as exc:
-                log.error("maintenance of %s failed: %s", q, exc)
+        judge = self.redis.up_for() >= LOST_JUDGE_AFTER_S
+        for q in self.queues:
+            recovery.maintain_queue(self.connection, q)
+            if judge:
+                recovery.recover_lost_workers(self.connection, q, set(self.children), self.settings)
         self._kill_overruns()
 
     def _kill_overruns(self) -> None:
         """Kill a worker whose job has overrun its timeout and the grace (stuck in C code)."""
-        children = [(p, c) for p in self.pools.values() for c in p.children]
-        if not children:
-            return
-        pipe = self.connection.pipeline(transaction=False)
-        for _pool, child in children:
-            pipe.smembers(f"rq:worker:{child.name}:executions")
-        running = [
-            (pool, child, composite)
-            for (pool, child), composites in zip(children, pipe.execute(), strict=True)
-            for composite in composites
-        ]
-        if not running:
-            return
-        # Every registry score in one round trip, not one ZSCORE per running job.
-        pipe = self.connection.pipeline(transaction=False)
-        for pool, _child, composite in running:
-            pipe.zscore(f"rq:wip:{pool.queue.name}", composite)
-        now = time.time()
-        for (_pool, child, _composite), score in zip(running, pipe.execute(), strict=True):
-            if score is not None and now > score + OVERRUN_GRACE_S:
-                log.error("worker %s overran its job's timeout: killing it", child.name)
-                self._signal(child, signal.SIGKILL)
+        workers = [(c.name, c.key[1]) for c in self.children.values()]
+        for name in readings.overrunning(self.connection, workers, lc.OVERRUN_GRACE_S):
+            child = self.children[name]
+            if self.life.kill(child.key, name, "overran its job's timeout"):
+                log.error("worker %s overran its job's timeout: killing it", name)
+                self._signal(name, signal.SIGKILL)
+
+    def _alerts(self) -> None:
+        # Imported here: the process manager does not load mail and webhook code at start.
+        from acmeq.observability.alerts import engine
+
+        engine.maybe_evaluate(self.connection, self.settings, self.name)
+
+    def _schedules(self) -> None:
+        # Periodic jobs ([schedules.NAME], docs/schedules.md): every master offers, only the
+        # holder of the scheduler lock enqueues.
+        from acmeq import schedules
+
+        schedules.tick(self.connection, self.settings, time.time(), f"{self.name}:{self.pid}")
 
     def snapshot(self) -> dict[str, Any]:
-        sups = []
-        for sup in self.profile.supervisors:
-            pools = []
-            for q in sup.queues:
-                pool = self.pools[(sup.name, q)]
-                pools.append(
-                    {
-                        "queue": q,
-                        "desired": pool.desired,
-                        "halted": pool.halted,
-                        "processes": [
-                            {
-                                "name": c.name,
-                                "pid": c.pid,
-                                "started_at": c.started_wall,
-                                "generation": c.generation,
-                                "retiring": c.retiring,
-                            }
-                            for c in pool.children
-                        ],
-                    }
-                )
-            sups.append(
-                {
-                    "name": sup.name,
-                    "queues": list(sup.queues),
-                    "balance": sup.balance.value,
-                    "strategy": sup.strategy.value,
-                    "min_processes": sup.min_processes,
-                    "max_processes": sup.max_processes,
-                    "pools": pools,
-                    "decisions": [decision_dict(d) for d in self.decisions.get(sup.name, [])],
-                }
-            )
-        return {
-            "name": self.name,
-            "hostname": self.hostname,
-            "pid": self.pid,
-            "profile": self.profile.name,
-            "status": self.status,
-            "started_at": self.started_wall,
-            "supervisors": sups,
-        }
+        """The master as `acmeq worker list` and `acmeq status` show it."""
+        return control.snapshot(
+            {
+                "name": self.name,
+                "hostname": self.hostname,
+                "pid": self.pid,
+                "profile": self.profile.name,
+                "status": self.life.status,
+                "started_at": self.started_wall,
+            },
+            self.profile,
+            self.life,
+            {n: (c.proc.pid, c.started_wall) for n, c in self.children.items()},
+            {name: [d.as_dict() for d in ds] for name, ds in self.decisions.items()},
+            time.monotonic(),
+        )
 
     def _publish(self) -> None:
-        try:
-            control.publish(self.connection, self.name, self.pid, self.hostname, self.snapshot())
-        except redis.RedisError as exc:
-            log.error("cannot publish state: %s", exc)
+        control.publish(self.connection, self.name, self.pid, self.hostname, self.snapshot())
 
     # -- loop helpers ------------------------------------------------------------------------
-    def _every(self, name: str, interval: float, action: Callable[[], None]) -> None:
+    def _redis(self, what: str, action: Callable[[], Any]) -> Any:
+        """Run a Redis action; on a Redis error note the outage (logged once) and return None."""
+        try:
+            result = action()
+        except redis.RedisError as exc:
+            self.redis.failed(what, exc)
+            return None
+        self.redis.ok()
+        return result
+
+    def _every(self, name: str, interval: float, action: Callable[[], Any]) -> Any:
+        """Run a periodic task when due. A Redis error is an outage (see :meth:`_redis`); any
+        other error is a bug in that task: logged with its traceback (at most once a minute
+        per task), and the loop goes on."""
         now = time.monotonic()
-        if now - self._timers.get(name, 0.0) >= interval:
-            self._timers[name] = now
-            try:
-                action()
-            except redis.RedisError as exc:
-                log.error("%s failed: %s", name, exc)
+        if now - self._timers.get(name, 0.0) < interval:
+            return None
+        self._timers[name] = now
+        try:
+            return self._redis(name, action)
+        except Exception:
+            if now - self._timers.get(f"error:{name}", -60.0) >= 60.0:
+                self._timers[f"error:{name}"] = now
+                log.exception("%s failed; the master goes on", name)
+            return None
 
     def _sleep(self) -> None:
+        assert self._wake is not None
         with contextlib.suppress(InterruptedError):
-            ready, _, _ = select.select([self._wake_r], [], [], TICK_S)
+            ready, _, _ = select.select([self._wake[0]], [], [], TICK_S)
             if ready:
-                os.read(self._wake_r, 4096)
+                os.read(self._wake[0], 4096)
 
 
-def decision_dict(d: autoscale.Decision) -> dict[str, Any]:
-    """A balancing decision with its inputs, as published and shown by `worker scale --explain`."""
-    return {
-        "queue": d.queue,
-        "ready": d.load.ready,
-        "oldest_age": round(d.load.oldest_age, 3),
-        "avg_runtime": round(d.load.avg_runtime, 4),
-        "busy": d.load.busy,
-        "current": d.current,
-        "desired": d.desired,
-        "action": str(d.action),
-        "reason": d.reason,
-    }
+# -- running a master as a service -----------------------------------------------------------------
 
 
-def _child_setup(nice: int) -> Callable[[], None]:
-    def setup() -> None:
-        # Die with the master (no orphans): the kernel sends SIGTERM when the master exits,
-        # which makes the worker finish its job and leave.
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if nice:
-            os.nice(nice)
-        # The master keeps its signal handlers; the worker installs its own.
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+def serve(
+    settings: Settings,
+    opts: MasterOptions,
+    *,
+    pidfile: Path | None = None,
+    log_file: Path | None = None,
+    started: Callable[[], None] | None = None,
+) -> MasterExit:
+    """Run a master in this process until it stops: lock the pidfile, set up logging, connect
+    to Redis, serve. Returns the exit status; raises UsageError (name taken, bad profile) and
+    UnreachableError (Redis cannot be reached at start) before anything is started."""
+    from acmeq.storage.redis_client import connect_checked
 
-    return setup
+    name = opts.name or opts.hostname or socket.gethostname()
+    pid_path = pidfile or settings.state_dir / "run" / f"master-{name}.pid"
+    lock = daemon.lock_pidfile(pid_path, name)
+    try:
+        daemon.setup_logging(opts.log_level, log_file)
+        connection = connect_checked(settings)
+        if started is not None:
+            started()
+        return Master(settings, opts, connection).run()
+    finally:
+        daemon.release_pidfile(lock, pid_path)
+
+
+def start_detached(
+    settings: Settings,
+    opts: MasterOptions,
+    *,
+    pidfile: Path | None = None,
+    log_file: Path | None = None,
+    environ: dict[str, str] | None = None,
+) -> daemon.Detached:
+    """Start a master in the background (double fork, own session); return once it is up.
+
+    Its log goes to ``log_file`` (default ``<state>/logs/master-<name>.log``); ``environ``
+    replaces the daemon's environment (and so its workers'). The returned handle's ``wait``
+    gives the master's exit status."""
+    name = opts.name or opts.hostname or socket.gethostname()
+    log_path = log_file or settings.state_dir / "logs" / f"master-{name}.log"
+
+    def run(started: Callable[[], None]) -> int:
+        return int(serve(settings, opts, pidfile=pidfile, log_file=log_path, started=started))
+
+    return daemon.detach(run, log_path, environ)
 
 
 def _read(path: Path) -> str:
@@ -602,11 +582,3 @@ def _read(path: Path) -> str:
         return path.read_text().strip()
     except OSError:
         return ""
-
-
-def _age(stamp: bytes | None) -> float:
-    if not stamp:
-        return 0.0
-    from rq.utils import utcparse
-
-    return max(time.time() - utcparse(text(stamp)).timestamp(), 0.0)

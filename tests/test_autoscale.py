@@ -20,11 +20,10 @@ from acmeq.master.autoscale import (
     QueueLoad,
     balance,
     distribute,
-    fit_host_budget,
     initial_counts,
     queue_need,
-    validate_budget,
 )
+from acmeq.master.budget import fit_host_budget, validate_budget
 from acmeq.master.simulate import Trace, parse_trace, read_trace, render_chart, simulate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +43,7 @@ def policy(*queues: str, **changes: object) -> PoolPolicy:
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
-def load(queue: str, **fields: float) -> QueueLoad:
+def load(queue: str, paused: bool = False, **fields: float) -> QueueLoad:
     """A measurement of ``queue`` with its configured priority, wait target and memory."""
     spec = QUEUES[queue]
     values: dict[str, float] = {"current": 1, "avg_runtime": 0.05} | fields
@@ -58,6 +57,7 @@ def load(queue: str, **fields: float) -> QueueLoad:
         current=int(values["current"]),
         wait_target=float(spec.wait_threshold),
         memory_mb=spec.memory_mb,
+        paused=paused,
     )
 
 
@@ -284,6 +284,52 @@ def test_a_pool_below_its_minimum_is_raised_at_once_even_in_cooldown() -> None:
     # then it is raised to its minimum without waiting for the cooldown
     assert decisions[0].desired == 1
     assert decisions[0].reason.startswith("scale up 0 -> 1: raise to min 1")
+
+
+@pytest.mark.parametrize("strategy", list(Strategy))
+def test_a_paused_queue_with_a_backlog_keeps_its_minimum_and_never_scales_up(
+    strategy: Strategy,
+) -> None:
+    # given a paused payments queue with a large, old backlog beside a busy notifications queue
+    pol = policy(strategy=strategy, cooldown=0.0)
+    paused = load("payments", paused=True, ready=5000, oldest_age=600.0, current=1)
+    other = load("notifications", ready=40, oldest_age=120.0, current=1)
+    # when the balancer decides
+    decisions = decide(pol, paused, other)
+    # then the paused pool holds at its minimum and says why; the other queue gets the processes
+    assert decisions["payments"].desired == 1
+    assert decisions["payments"].action is Action.HOLD
+    assert "queue paused" in decisions["payments"].reason
+    assert decisions["notifications"].desired > 1
+
+
+def test_a_paused_queue_above_its_minimum_shrinks_back_to_it_and_a_resume_scales_up() -> None:
+    # given a payments pool of 4 processes, paused with a backlog, over several ticks
+    pol = policy("payments", cooldown=0.0, hysteresis_ticks=2)
+    counts = {"payments": 4}
+    state = BalancerState()
+    for k in range(4):
+        queue = load(
+            "payments", paused=True, ready=900, oldest_age=60.0, current=counts["payments"]
+        )
+        decisions, state = balance(pol, [queue], float(k), state)
+        counts = {d.queue: d.desired for d in decisions}
+        # then it never grows
+        assert counts["payments"] <= 4
+    # and it is back at its minimum once the hysteresis allowed it
+    assert counts == {"payments": 1}
+    # when the queue is resumed with the same backlog
+    resumed = load("payments", ready=900, oldest_age=60.0, current=1)
+    decisions, _ = balance(pol, [resumed], 10.0, state)
+    # then the pool scales up again
+    assert decisions[0].desired > 1
+
+
+def test_a_paused_queue_below_its_minimum_is_still_raised_to_it() -> None:
+    # given a paused pool that lost its worker (crash): the minimum keeps a resume instant
+    pol = policy("payments")
+    decisions = decide(pol, load("payments", paused=True, ready=10, current=0))
+    assert decisions["payments"].desired == 1
 
 
 def test_off_and_simple_fix_the_pools_whatever_the_load() -> None:

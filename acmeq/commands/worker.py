@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import fcntl
-import logging
-import os
 import socket
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -43,104 +39,43 @@ def start(
     pidfile: Annotated[
         Path | None, typer.Option(help="Pidfile (default: under the state directory).")
     ] = None,
+    hung_timeout: Annotated[
+        float,
+        typer.Option(help="Kill a worker whose heartbeat file is older than this (seconds)."),
+    ] = 30.0,
     burst: Annotated[
         bool, typer.Option(hidden=True, help="Stop once every queue is empty.")
     ] = False,
 ) -> None:
     """Start a master running the profile's supervisors (one pool per queue)."""
     from acmeq.queues import registry_for
-    from acmeq.storage.redis_client import connect_checked
-    from acmeq.supervisor import Master, MasterOptions
+    from acmeq.supervisor import MasterOptions, serve, start_detached
 
     cfg = settings()
     cfg.profile(profile)  # unknown profile: exit 2 before anything starts
     level = log_level.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise UsageError(f"--log-level: expected DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
+    if hung_timeout <= 0:
+        raise UsageError(f"--hung-timeout: expected a number of seconds > 0, got {hung_timeout}")
     registry_for(cfg)  # a job module that fails to import is reported here, once
-    master_name = name or hostname or socket.gethostname()
-    run_dir = cfg.state_dir / "run"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    pid_path = pidfile or run_dir / f"master-{master_name}.pid"
-    if detach:
-        log_file = log_file or cfg.state_dir / "logs" / f"master-{master_name}.log"
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        _daemonize(log_file, master_name, pid_path)
-    lock = _lock_pidfile(pid_path, master_name)
-    _setup_logging(level, log_file)
-    connection = connect_checked(cfg)
     opts = MasterOptions(
         profile=profile,
-        name=master_name,
+        name=name or hostname or socket.gethostname(),
         hostname=hostname or socket.gethostname(),
         burst=burst,
         log_level=level,
+        hung_timeout=hung_timeout,
     )
-    try:
-        code = Master(cfg, opts, connection).run()
-    finally:
-        lock.close()
-        pid_path.unlink(missing_ok=True)
-    raise typer.Exit(code)
-
-
-def _lock_pidfile(path: Path, name: str) -> Any:
-    handle = open(path, "a+")  # noqa: SIM115 - held open (and locked) for the master's lifetime
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.seek(0)
-        other = handle.read().strip() or "?"
-        raise UsageError(
-            f"a master named {name!r} is already running on this host (pid {other}, pidfile {path})"
-        ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(str(os.getpid()))
-    handle.flush()
-    return handle
-
-
-def _daemonize(log_file: Path, name: str, pid_path: Path) -> None:
-    # Classic double fork: the master leaves the terminal's session and process group.
-    if os.fork() > 0:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not _pid_written(pid_path):
-            time.sleep(0.1)
+    if detach:
+        master = start_detached(cfg, opts, pidfile=pidfile, log_file=log_file)
+        master.close()
         console.print(
-            f"master {name} started in the background; log {log_file}, pidfile {pid_path}"
+            f"master {opts.name} started in the background (pid {master.pid}); "
+            f"log {master.log_file}"
         )
-        os._exit(0)
-    os.setsid()
-    if os.fork() > 0:
-        os._exit(0)
-    out = open(log_file, "ab", buffering=0)  # noqa: SIM115 - becomes the daemon's stdout/stderr
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.dup2(out.fileno(), 1)
-    os.dup2(out.fileno(), 2)
-
-
-def _pid_written(path: Path) -> bool:
-    try:
-        return bool(path.read_text().strip())
-    except OSError:
-        return False
-
-
-def _setup_logging(level: str, log_file: Path | None) -> None:
-    handler: logging.Handler
-    if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(log_file)
-    else:
-        handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+        return
+    raise typer.Exit(int(serve(cfg, opts, pidfile=pidfile, log_file=log_file)))
 
 
 def _connection() -> Any:
@@ -305,7 +240,7 @@ def scale(
 
 def _explain(profile: str, as_json: bool) -> None:
     from acmeq.master import control
-    from acmeq.supervisor import Master, MasterOptions, decision_dict
+    from acmeq.supervisor import Master, MasterOptions
 
     conn = _connection()
     rows: list[dict[str, Any]] = []
@@ -320,7 +255,7 @@ def _explain(profile: str, as_json: bool) -> None:
         master = Master(settings(), MasterOptions(profile=profile, name="(none running)"), conn)
         for sup_name, decisions in master.plan_once().items():
             rows += [
-                {"master": "(none running)", "supervisor": sup_name, **decision_dict(d)}
+                {"master": "(none running)", "supervisor": sup_name, **d.as_dict()}
                 for d in decisions
             ]
     if as_json:

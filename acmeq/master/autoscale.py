@@ -3,9 +3,9 @@
 Pure: no Redis, no clock, no I/O. Once a tick the supervisor measures every queue it serves
 (:class:`QueueLoad`), calls :func:`balance` with the current time and the state the previous call
 returned, and spawns or retires workers until each pool holds its :class:`Decision`'s
-``desired`` count. :func:`fit_host_budget` then trims the plans of all supervisors of a profile on
-the host to its process and memory budgets. docs/autoscaling.md has the formulas with worked
-examples; in short, for ``balance = "auto"``:
+``desired`` count. :func:`acmeq.master.budget.fit_host_budget` then trims the plans of all
+supervisors of a profile on the host to its process and memory budgets. docs/autoscaling.md has
+the formulas with worked examples; in short, for ``balance = "auto"``:
 
 1. need (processes), by strategy, for a queue with ready jobs (without, it needs its ``busy``):
    ``time``  busy + ceil(ready x avg_runtime / clear_target)      (clear_target = cooldown)
@@ -24,11 +24,11 @@ examples; in short, for ``balance = "auto"``:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from acmeq.config.settings import Balance, ProfileSpec, QueueSpec, Strategy, SupervisorSpec
+from acmeq.config.settings import Balance, QueueSpec, Strategy, SupervisorSpec
 from acmeq.errors import UsageError
 
 # Scale down only after the lower target held this many consecutive ticks (horizon#750).
@@ -59,6 +59,7 @@ class QueueLoad:
     current: int = 0  # processes in the pool (retiring ones excluded)
     wait_target: float = 0.0  # the queue's wait_threshold, seconds
     memory_mb: int = 0  # memory limit of one process on this queue
+    paused: bool = False  # the queue, its supervisor or RQ as a whole is paused
 
     @classmethod
     def measured(
@@ -71,6 +72,7 @@ class QueueLoad:
         avg_runtime: float,
         busy: int,
         current: int,
+        paused: bool = False,
     ) -> QueueLoad:
         """A load whose static fields (priority, wait target, memory) come from the config."""
         return cls(
@@ -83,6 +85,7 @@ class QueueLoad:
             current=current,
             wait_target=float(spec.wait_threshold),
             memory_mb=supervisor.memory_for(spec),
+            paused=paused,
         )
 
     def describe(self) -> str:
@@ -91,6 +94,7 @@ class QueueLoad:
             f"priority={self.priority} ready={self.ready} oldest={self.oldest_age:.1f}s "
             f"avg={self.avg_runtime:g}s busy={self.busy} current={self.current} "
             f"wait_target={self.wait_target:g}s memory={self.memory_mb}MB"
+            + (" paused" if self.paused else "")
         )
 
 
@@ -191,6 +195,21 @@ class Decision:
         """The decision and every input, for ``--explain``."""
         return f"{self.queue}: {self.reason}\n    inputs: {self.load.describe()}"
 
+    def as_dict(self) -> dict[str, object]:
+        """The decision with its inputs, as published and shown by `worker scale --explain`."""
+        return {
+            "queue": self.queue,
+            "ready": self.load.ready,
+            "oldest_age": round(self.load.oldest_age, 3),
+            "avg_runtime": round(self.load.avg_runtime, 4),
+            "busy": self.load.busy,
+            "paused": self.load.paused,
+            "current": self.current,
+            "desired": self.desired,
+            "action": str(self.action),
+            "reason": self.reason,
+        }
+
 
 def initial_counts(policy: PoolPolicy) -> dict[str, int]:
     """Pool sizes at supervisor start: the minimum under ``auto`` (not the maximum: horizon#1295),
@@ -264,13 +283,13 @@ def _fixed(
     for queue in policy.queues:
         load, desired = loads[queue], counts[queue]
         text = f"{why}, min {policy.min_processes}"
-        decisions.append(_decide(load, desired, text, desired, desired, policy.min_processes))
+        decisions.append(decide(load, desired, text, desired, desired, policy.min_processes))
         last = now if desired != load.current else state.of(queue).last_change
         memory[queue] = QueueMemory(last_change=last)
     return decisions, BalancerState(memory)
 
 
-def _decide(
+def decide(
     load: QueueLoad, desired: int, why: str, need: int, target: int, minimum: int
 ) -> Decision:
     current = load.current
@@ -295,6 +314,9 @@ def _decide(
 def queue_need(policy: PoolPolicy, load: QueueLoad) -> tuple[int, str]:
     """Processes the strategy asks for on one queue, and the arithmetic as text."""
     busy = load.busy
+    if load.paused:
+        # Its workers take no job: keep the minimum (a resume is served at once), never more.
+        return 0, f"queue paused ({load.ready} ready, {busy} busy finishing)"
     if load.ready <= 0:
         if busy:
             return busy, f"no job waiting, {busy} busy"
@@ -407,7 +429,7 @@ class _Auto:
         decisions, memory = [], {}
         for q in p.queues:
             s, load = steps[q], self.loads[q]
-            decisions.append(_decide(load, s.desired, s.why, s.need, s.target, p.min_processes))
+            decisions.append(decide(load, s.desired, s.why, s.need, s.target, p.min_processes))
             changed = s.desired != load.current
             last = self.now if changed else self.state.of(q).last_change
             memory[q] = QueueMemory(last_change=last, recent=s.window)
@@ -500,124 +522,3 @@ class _Auto:
                 step.why += f"; reclaimed for {queue} (priority {prio})"
                 taken += give
         return taken
-
-
-# --------------------------------------------------------------------------------------------
-# Host budgets: every supervisor of a profile on one host shares its processes and memory.
-
-
-@dataclass(frozen=True)
-class BudgetFit:
-    """The plans of a host after :func:`fit_host_budget`."""
-
-    plans: Mapping[str, tuple[Decision, ...]]  # supervisor name -> decisions
-    processes: int  # total desired processes after the cut
-    memory_mb: int  # their summed memory limits
-    cut: int  # processes removed to fit
-    problems: tuple[str, ...] = ()  # set when even the minimums do not fit
-
-    @property
-    def fits(self) -> bool:
-        return not self.problems
-
-
-def fit_host_budget(
-    plans: Mapping[str, Sequence[Decision]],
-    max_processes: int = 0,
-    memory_budget_mb: int = 0,
-) -> BudgetFit:
-    """Cut the desired counts of all supervisors on a host until they fit its budgets.
-
-    ``max_processes`` bounds the number of processes, ``memory_budget_mb`` the sum over processes
-    of their queue's memory limit; 0 leaves a budget unbounded. One process at a time is cut
-    from the lowest-priority queue still above its minimum (equal priorities: the pool using the
-    most memory), so payments keep their workers while bulk gives them up.
-    Nothing is cut below a minimum; if the minimums alone exceed a budget, ``problems`` says so.
-    """
-    counts = {(s, d.queue): d.desired for s, ds in plans.items() for d in ds}
-    info = {(s, d.queue): d for s, ds in plans.items() for d in ds}
-
-    def totals() -> tuple[int, int]:
-        procs = sum(counts.values())
-        return procs, sum(n * info[k].load.memory_mb for k, n in counts.items())
-
-    def over() -> bool:
-        procs, memory = totals()
-        return bool(max_processes and procs > max_processes) or bool(
-            memory_budget_mb and memory > memory_budget_mb
-        )
-
-    cut = 0
-    while over():
-        cuttable = [k for k, n in counts.items() if n > info[k].minimum]
-        if not cuttable:
-            break
-        load = {k: info[k].load for k in cuttable}
-        key = min(load, key=lambda k: (load[k].priority, -counts[k] * load[k].memory_mb, k))
-        counts[key] -= 1
-        cut += 1
-    procs, memory = totals()
-    budget = _budget_text(max_processes, memory_budget_mb)
-    fitted: dict[str, tuple[Decision, ...]] = {}
-    for sup, decisions in plans.items():
-        out = []
-        for d in decisions:
-            n = counts[(sup, d.queue)]
-            if n == d.desired:
-                out.append(d)
-                continue
-            why = d.reason.split(": ", 1)[1]
-            note = f"budget: {d.desired - n} process(es) cut from {d.desired} ({budget})"
-            out.append(_decide(d.load, n, f"{why}; {note}", d.need, d.target, d.minimum))
-        fitted[sup] = tuple(out)
-    problems: tuple[str, ...] = ()
-    if over():
-        problems = (
-            f"even the minimums need {procs} processes and {memory} MB, over the host budget "
-            f"({budget})",
-        )
-    return BudgetFit(fitted, procs, memory, cut, problems)
-
-
-def _budget_text(max_processes: int, memory_budget_mb: int) -> str:
-    procs = f"host max {max_processes} processes" if max_processes else ""
-    memory = f"host memory {memory_budget_mb} MB" if memory_budget_mb else ""
-    return ", ".join(p for p in (procs, memory) if p) or "no budget"
-
-
-def validate_budget(
-    profile: ProfileSpec, queues: Mapping[str, QueueSpec], memory_budget_mb: int
-) -> list[str]:
-    """Problems that make ``profile`` impossible on this host: its minimum pools (min_processes
-    per queue of every supervisor) exceed the host's process budget (``profile.max_processes``,
-    0 = none) or ``memory_budget_mb`` (0 = none). Empty when the profile can start."""
-    problems: list[str] = []
-    procs = memory = 0
-    parts: list[str] = []
-    for sup in profile.supervisors:
-        items = []
-        for name in sup.queues:
-            spec = queues.get(name)
-            if spec is None:
-                problems.append(f"supervisor {sup.name!r} names unknown queue {name!r}")
-                continue
-            mb = sup.memory_for(spec)
-            procs += sup.min_processes
-            memory += sup.min_processes * mb
-            items.append(f"{name} {sup.min_processes} x {mb} MB")
-        parts.append(f"{sup.name}: {', '.join(items)}")
-    detail = "; ".join(parts)
-    key = f"profiles.{profile.name}"
-    if profile.max_processes and procs > profile.max_processes:
-        problems.append(
-            f"profile {profile.name!r} needs at least {procs} processes (min_processes of every "
-            f"queue: {detail}) but the host budget {key}.max_processes is "
-            f"{profile.max_processes}; raise it or lower min_processes"
-        )
-    if memory_budget_mb and memory > memory_budget_mb:
-        problems.append(
-            f"profile {profile.name!r} needs at least {memory} MB at its minimum pools "
-            f"({detail}) but the host memory budget is {memory_budget_mb} MB; raise "
-            f"{key}.memory_budget or lower min_processes or the memory limits"
-        )
-    return problems
