@@ -25,10 +25,13 @@ from acmeq.commands import enqueue as enqueue_cmd
 from acmeq.commands import export as export_cmd
 from acmeq.commands import failed as failed_cmd
 from acmeq.commands import job as job_cmd
+from acmeq.commands import mail as mail_cmd
 from acmeq.commands import metrics as metrics_cmd
 from acmeq.commands import progress as progress_cmd
 from acmeq.commands import queue as queue_cmd
 from acmeq.commands import redis_server as redis_cmd
+from acmeq.commands import report as report_cmd
+from acmeq.commands import schedule as schedule_cmd
 from acmeq.commands import status as status_cmd
 from acmeq.commands import webhook as webhook_cmd
 from acmeq.commands import worker as worker_cmd
@@ -62,6 +65,9 @@ app.add_typer(backup_cmd.app, name="backup")
 app.add_typer(webhook_cmd.app, name="webhook")
 app.add_typer(donation_cmd.app, name="donation")
 app.add_typer(export_cmd.app, name="export")
+app.add_typer(report_cmd.app, name="report")
+app.add_typer(mail_cmd.app, name="mail")
+app.add_typer(schedule_cmd.app, name="schedule")
 app.command(name="cleanup", help="Delete data past its retention (--dry-run: show it).")(
     cleanup_cmd.cleanup
 )

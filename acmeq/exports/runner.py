@@ -346,15 +346,22 @@ def describe(request: ExportRequest) -> str:
 def _fail(
     engine: Engine, export_id: int, request: ExportRequest, what: str, exc: BaseException
 ) -> None:
+    _fail_record(engine, export_id, request.email, what, exc)
+
+
+def _fail_record(
+    engine: Engine, export_id: int, email: str | None, what: str, exc: BaseException
+) -> None:
+    """Mark the record failed with the error; tell the requester unless RQ will retry."""
     error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     try:
         _update(engine, export_id, status=ExportStatus.FAILED, error=error[:2000])
     except sa.exc.SQLAlchemyError as db_exc:  # keep the original exception
         log.warning("cannot mark export %s failed: %s", export_id, db_exc)
-    if request.email and not _will_retry():
+    if email and not _will_retry():
         from acmeq.exports.notify import notify_failed
 
-        notify_failed(request.email, what, error)
+        notify_failed(email, what, error)
 
 
 def _notify_done(

@@ -193,7 +193,7 @@ class XlsxWriter:
                 "strings_to_urls": False,
             },
         )
-        self.formats = _formats(self.book)
+        self.formats = formats_for(self.book)
         self.sheet = self.book.add_worksheet(sheet[:31])
         self.columns = columns
         self.row = 1
@@ -251,7 +251,7 @@ class XlsxWriter:
                 Path(name).unlink(missing_ok=True)
 
 
-def _formats(book: Any) -> dict[str, Any]:
+def formats_for(book: Any) -> dict[str, Any]:
     return {
         "header": book.add_format({"bold": True, "bg_color": "#DDE4EE", "bottom": 1}),
         "title": book.add_format({"bold": True, "font_size": 12}),
@@ -267,8 +267,14 @@ def write_summary_sheet(
 ) -> Any:
     """A sheet with each section as a titled table; returns the sheet."""
     ws = book.add_worksheet(name)
+    write_sections(ws, formats, sections, 0)
+    return ws
+
+
+def write_sections(ws: Any, formats: dict[str, Any], sections: Sequence[Section], row: int) -> int:
+    """Each section as a titled table from ``row`` down; returns the next free row."""
     widths: dict[int, int] = {}
-    r = 0
+    r = row
     for section in sections:
         ws.write_string(r, 0, section.title, formats["title"])
         r += 1
@@ -276,13 +282,13 @@ def write_summary_sheet(
             ws.write_string(r, c, column.title, formats["header"])
             widths[c] = max(widths.get(c, 0), column.width, len(column.title))
         r += 1
-        for row in section.rows:
-            write_typed_row(ws, formats, r, section.columns, row)
+        for values in section.rows:
+            write_typed_row(ws, formats, r, section.columns, values)
             r += 1
         r += 1
     for c, width in widths.items():
         ws.set_column(c, c, width + 2)
-    return ws
+    return r
 
 
 def write_typed_row(
