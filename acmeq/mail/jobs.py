@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from acmeq.config.settings import Settings, process_settings
 from acmeq.errors import MailError, UsageError
-from acmeq.mail import PRIORITIES, store
+from acmeq.mail import PRIORITIES
 from acmeq.mail.render import render, resolve_locale
 from acmeq.mail.sending import Attempt, Outgoing, compose, current_attempt, deliver
 from acmeq.mail.transport import transport_for
@@ -128,7 +128,7 @@ def _personal(
 ) -> Outgoing:
     locale = resolve_locale(user.get("locale"), settings.mail.default_locale)
     rendered = render(template, {**context, "user_name": user["name"]}, locale)
-    return compose(
+    out = compose(
         settings,
         to=[user["email"]],
         subject=rendered.subject,
@@ -136,39 +136,8 @@ def _personal(
         html=rendered.html,
         locale=rendered.locale,
     )
+    out.template = template
+    return out
 
 
-def retry_failed(settings: Settings, ids: list[int] | None) -> list[dict[str, Any]]:
-    """Enqueue the failed e-mails again (``ids``, or all not yet retried); return what was done.
-
-    An ``uncertain`` one is released first: the operator decides to send it again knowing it may
-    already have arrived.
-    """
-    from acmeq.mail import enqueue_email
-
-    engine = _engine(settings)
-    rows = store.get_failed(engine, ids) if ids is not None else store.list_failed(engine)
-    if ids is not None:
-        missing = sorted(set(ids) - {int(r["id"]) for r in rows})
-        if missing:
-            raise UsageError(f"no failed e-mail with id {missing[0]}")
-    done = []
-    for row in rows:
-        if row["status"] == "retried":
-            done.append({"id": row["id"], "job_id": None, "note": "already retried"})
-            continue
-        payload = dict(row["payload"] or {})
-        recipients = payload.pop("recipients", [])
-        key = row["message_key"] or payload.get("message_key")
-        if key:
-            store.release(engine, key, recipients)
-        payload = {k: v for k, v in payload.items() if v is not None}
-        payload["message_key"] = key
-        to = payload.pop("to", recipients)
-        job_id = enqueue_email(to, **payload)
-        store.mark_retried(engine, int(row["id"]))
-        done.append({"id": row["id"], "job_id": job_id, "note": f"to {', '.join(recipients)}"})
-    return done
-
-
-__all__ = ["Attempt", "retry_failed", "run_send_batch", "run_send_email", "users_by_id"]
+__all__ = ["Attempt", "run_send_batch", "run_send_email", "users_by_id"]

@@ -175,7 +175,8 @@ def deliver(
     Raises :class:`MailError` for a failure the next try may fix (the job is retried with its
     queue's backoff); on the last try the failure is recorded first.
     """
-    msg_id = message_id(key, out.from_address)
+    # Personal messages of one fan-out share the key: the first recipient keeps their ids apart.
+    msg_id = message_id(f"{key}|{out.recipients[0]}", out.from_address)
     claim = store.claim(engine, key, out.recipients, msg_id, attempt.job_id)
     result: dict[str, Any] = {
         "message_key": key,

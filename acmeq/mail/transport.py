@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import itertools
 import os
 import re
 import smtplib
@@ -216,17 +217,15 @@ class OutboxTransport:
         self.directory = directory
         self.description = f"outbox {directory}"
         self.last_path: Path | None = None
-        self._n = 0
 
     def send(self, msg: EmailMessage, from_addr: str, to_addrs: Sequence[str]) -> dict[str, str]:
         if not to_addrs:
             raise MailError(self.description, "no recipient")
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            self._n += 1
             stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
             ident = re.sub(r"[^A-Za-z0-9._-]", "", str(msg.get("Message-ID", ""))[:60]) or "mail"
-            name = f"{stamp}-{os.getpid()}-{self._n}-{ident}.eml"
+            name = f"{stamp}-{os.getpid()}-{next(_OUTBOX_SEQ)}-{ident}.eml"
             path = self.directory / name
             tmp = self.directory / f".{name}.tmp"
             del msg["X-Acmeq-Envelope-To"]
@@ -240,6 +239,7 @@ class OutboxTransport:
         return {}
 
 
+_OUTBOX_SEQ = itertools.count(1)
 _CACHE: dict[tuple[int, SmtpConfig], SmtpTransport] = {}
 _CACHE_LOCK = threading.Lock()
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import smtplib
-import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -79,7 +78,7 @@ def describe(channel: Channel, settings: Settings) -> str:
     """Where a channel delivers, for messages (webhook URL masked: it is a credential)."""
     cfg = settings.alerts
     if channel is Channel.EMAIL:
-        return f"email to {', '.join(recipients(settings))} via {cfg.smtp_host}:{cfg.smtp_port}"
+        return f"email to {', '.join(recipients(settings))} via {settings.mail.smtp.where}"
     if channel is Channel.WEBHOOK:
         return f"webhook {mask_webhook(cfg.webhook_url or '')}"
     return "log (logger acmeq.observability.alerts.engine)"
@@ -154,29 +153,20 @@ def build_email(settings: Settings, notice: Notice) -> EmailMessage:
 
 
 def send_email(settings: Settings, notice: Notice) -> None:
-    cfg = settings.alerts
+    # One SMTP code path for alerts and mail jobs (acmeq.mail.transport), to the [mail] server:
+    # its smtp_* keys take the [monitoring] ones (ACMEQ_SMTP_*) when left unset.
+    from acmeq.errors import MailError
+    from acmeq.mail.transport import send_once
+
     to = recipients(settings)
     where = describe(Channel.EMAIL, settings)
     if not to:
         raise AlertChannelError(f"{where}: no recipient (set QUEUE_ALERT_EMAIL)")
     msg = build_email(settings, notice)
     try:
-        smtp: smtplib.SMTP
-        if cfg.smtp_port == SMTPS_PORT:
-            context = ssl.create_default_context()
-            smtp = smtplib.SMTP_SSL(
-                cfg.smtp_host, cfg.smtp_port, timeout=SMTP_TIMEOUT_S, context=context
-            )
-        else:
-            smtp = smtplib.SMTP(cfg.smtp_host, cfg.smtp_port, timeout=SMTP_TIMEOUT_S)
-        with smtp:
-            if cfg.smtp_starttls and cfg.smtp_port != SMTPS_PORT:
-                smtp.starttls(context=ssl.create_default_context())
-            if cfg.smtp_user:
-                smtp.login(cfg.smtp_user, cfg.smtp_password or "")
-            refused = smtp.send_message(msg, from_addr=cfg.mail_from, to_addrs=to)
-    except (OSError, smtplib.SMTPException) as exc:
-        raise AlertChannelError(f"{where}: {_reason(exc)}") from None
+        refused = send_once(settings.mail.smtp, msg, settings.alerts.mail_from, to)
+    except MailError as exc:
+        raise AlertChannelError(f"{where}: {exc.reason}") from None
     if refused:
         # Some recipients took it: the notice is delivered; say who did not.
         log.error("%s: refused by the server for %s", where, ", ".join(sorted(refused)))
