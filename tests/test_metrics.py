@@ -20,14 +20,17 @@ from pathlib import Path
 
 import pytest
 import redis
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 from prometheus_client.parser import text_string_to_metric_families
 from test_status import run_burst_workers, worker_env
 
+from acmeq import keys
 from acmeq.config.settings import Settings
 from acmeq.errors import UsageError
 from acmeq.observability import metrics_report as metrics_read
 from acmeq.observability import prometheus
-from acmeq import keys
 from acmeq.observability.metrics import BUCKET_LABELS
 from acmeq.queues import Enqueuer, JobCall
 
@@ -266,9 +269,12 @@ def _scrape(base: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
 def test_prometheus_endpoint_exposes_depths_counters_and_histograms(
     worked: Enqueuer, exporter: str, redis_client: redis.Redis
 ) -> None:
-    # Given two jobs waiting on a paused queue, and an active alert
+    # Given two jobs waiting on a paused queue, the oldest for 10 minutes, and an active alert
     redis_client.set("acmeq:paused:queue:exports", "1")
     worked.enqueue_many([JobCall("fail") for _ in range(2)])
+    head = redis_client.lindex(keys.queue("exports"), 0)
+    old = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(time.time() - 600))
+    redis_client.hset(keys.job(head.decode()), "enqueued_at", old)  # type: ignore[union-attr]
     alert = {"rule": "wait", "queue": "exports", "message": "m", "since": 1, "severity": "warning"}
     redis_client.hset("acmeq:alerts:active", "wait:exports", json.dumps(alert))
 
@@ -279,7 +285,7 @@ def test_prometheus_endpoint_exposes_depths_counters_and_histograms(
     assert s["acmeq_queue_jobs"][(("queue", "bulk"), ("state", "failed"))] == 3
     assert s["acmeq_queue_jobs"][(("queue", "exports"), ("state", "ready"))] == 2
     assert s["acmeq_queue_paused"][(("queue", "exports"),)] == 1
-    assert s["acmeq_queue_oldest_job_age_seconds"][(("queue", "exports"),)] >= 0
+    assert s["acmeq_queue_oldest_job_age_seconds"][(("queue", "exports"),)] >= 600
     assert s["acmeq_jobs_processed_total"][(("queue", "reports"),)] == 25
     assert s["acmeq_jobs_failed_total"][(("queue", "bulk"),)] == 3
     assert s["acmeq_alerts_active"][(("severity", "critical"),)] == 0
@@ -306,6 +312,20 @@ def test_prometheus_endpoint_exposes_depths_counters_and_histograms(
     # and another scrape gives the same counts (nothing ran meanwhile)
     again = _scrape(exporter)
     assert again["acmeq_job_runtime_seconds_count"] == s["acmeq_job_runtime_seconds_count"]
+    # and a scraper asking for OpenMetrics gets it, with the same counters
+    request = urllib.request.Request(
+        exporter + "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+        body = response.read().decode()
+    assert body.endswith("# EOF\n")
+    families = {f.name: f for f in openmetrics_families(body)}
+    assert families["acmeq_jobs_processed"].type == "counter"
+    [reports] = [
+        x for x in families["acmeq_jobs_processed"].samples if x.labels["queue"] == "reports"
+    ]
+    assert (reports.name, reports.value) == ("acmeq_jobs_processed_total", 25)
     # and other paths are 404
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(exporter + "/nope", timeout=5)
@@ -321,7 +341,7 @@ def test_histograms_stay_monotonic_while_minute_buckets_are_folded_and_expire(
     _write_minute(redis_client, NOW, "payments", 4, 10)
 
     def count(now: float) -> float:
-        fields, _ = prometheus.cumulative(settings, redis_client, now)
+        fields = prometheus.cumulative(settings, redis_client, now)
         return sum(v for k, v in fields.items() if k.startswith("payments|rt|"))
 
     # When scraped for the first time: counting starts there (the old minute is not counted)

@@ -61,7 +61,7 @@ def cancel(
     """
     from acmeq.ops.jobids import PROGRESS_TABLE, redis_source, resolve_job_id, sql_source
     from acmeq.storage.redis_client import connect_checked
-    from acmeq.tracking.control import cancel_job
+    from acmeq.tracking.cancel import cancel_job
 
     cfg = settings()
     engine = database(cfg)

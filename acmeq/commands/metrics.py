@@ -59,15 +59,16 @@ def serve(
 ) -> None:
     """Serve /metrics to Prometheus until Ctrl-C.
 
-    The page is in the text exposition format 0.0.4 at http://HOST:PORT/metrics; a Redis
-    failure answers 503 (docs/monitoring.md).
+    The page is at http://HOST:PORT/metrics, in Prometheus' text format or OpenMetrics when
+    the scraper asks for it; a Redis failure answers 503 (docs/monitoring.md).
     """
-    from acmeq.observability.prometheus import exposition, make_server
+    from acmeq.observability.prometheus import exposition, make_server, registry
     from acmeq.storage.redis_client import connect_checked
 
     cfg = settings()
     connection = connect_checked(cfg)
-    server = make_server(lambda: exposition(cfg, connection), host, port)
+    reg = registry(cfg, connection)
+    server = make_server(lambda accept: exposition(reg, accept), host, port)
     shown = f"[{host}]" if ":" in host else host
     console.print(
         f"serving Prometheus metrics on http://{shown}:{server.server_address[1]}/metrics "

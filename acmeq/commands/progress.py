@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from acmeq.storage.models import JobStatus
-    from acmeq.tracking.control import ProgressWatch
+    from acmeq.tracking.watch import ProgressWatch
     from acmeq.tracking.store import ProgressRecord, Viewer
 
 app = typer.Typer(
@@ -254,7 +254,7 @@ def watch_jobs(
     job as it ends, then the final table. ``as_json``: one JSON record per line, per update.
     """
     from acmeq.storage.redis_client import connect_checked
-    from acmeq.tracking.control import ProgressWatch
+    from acmeq.tracking.watch import ProgressWatch
 
     out = out or console
     engine = database(cfg)
@@ -472,7 +472,7 @@ def _reconcile(cfg: Settings, engine: Engine, records: Sequence[ProgressRecord])
 
     from acmeq.errors import AcmeqError
     from acmeq.storage.redis_client import connect
-    from acmeq.tracking.control import reconcile
+    from acmeq.tracking.watch import reconcile
 
     try:
         return bool(reconcile(engine, connect(cfg, start_embedded=False), records))

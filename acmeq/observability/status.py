@@ -99,6 +99,7 @@ class Snapshot:
     queues: tuple[QueueView, ...]
     masters: tuple[MasterView, ...]
     alerts: tuple[Alert, ...]
+    probe: probe.Probe | None = None  # the raw probe (Prometheus' counters); not in as_dict
 
     @property
     def alerting(self) -> bool:
@@ -190,6 +191,7 @@ def collect(settings: Settings, connection: redis.Redis, now: float | None = Non
         queues=tuple(queues),
         masters=tuple(_masters(connection, first.masters, now)),
         alerts=tuple(sorted((_alert(s) for s in current), key=_alert_order)),
+        probe=first.probe,
     )
 
 

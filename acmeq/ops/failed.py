@@ -33,10 +33,9 @@ from typing import Any, cast
 import redis
 from rq import Queue
 from rq.exceptions import NoSuchJobError
-from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
-from acmeq import pii
+from acmeq import keys, pii
 from acmeq.allowlist import JobRegistry
 from acmeq.config.settings import Settings
 from acmeq.errors import AcmeqError, JobNotFoundError, UsageError
@@ -50,11 +49,6 @@ SCAN_CAP = 20_000  # entries `failed list` examines at most
 SINCE_SLACK = timedelta(seconds=2)  # registry scores are whole seconds, set just after ended_at
 _EPOCH = datetime.fromtimestamp(0, UTC)
 _META = ("origin", "description", "status", "enqueued_at", "started_at", "ended_at")
-FAILED_KEY = FailedJobRegistry.key_template  # rq:failed:{0}
-
-
-def _results_key(job_id: str) -> str:
-    return f"rq:results:{job_id}"  # RQ's Result.get_key (untyped)
 
 
 # -- filters ---------------------------------------------------------------------------------------
@@ -244,7 +238,7 @@ def _scan_queue(
     the exact failure time, and ``--since`` stops the scan at the first job failed more than
     :data:`SINCE_SLACK` before it.
     """
-    key = FAILED_KEY.format(queue)
+    key = keys.failed(queue)
     start = 0
     while True:
         count = budget.take(PAGE)
@@ -287,7 +281,7 @@ def _scan_queue(
         candidates.sort(key=lambda c: c[3] or _EPOCH, reverse=True)
         pipe = connection.pipeline(transaction=False)
         for job_id, *_ in candidates:
-            pipe.xrevrange(_results_key(job_id), "+", "-", count=1)
+            pipe.xrevrange(keys.results(job_id), "+", "-", count=1)
         streams = pipe.execute() if candidates else []
         for (job_id, name, path, failed_at, enqueued_at, expires), stream in zip(
             candidates, streams, strict=True
@@ -345,12 +339,12 @@ def find_failed(
     pipe = connection.pipeline(transaction=False)
     for job_id in wanted:
         pipe.hmget(AcmeqJob.key_for(job_id), (*_META, "data"))
-        pipe.xrevrange(_results_key(job_id), "+", "-", count=1)
+        pipe.xrevrange(keys.results(job_id), "+", "-", count=1)
     replies = pipe.execute()
     metas, streams = replies[0::2], replies[1::2]
     pipe = connection.pipeline(transaction=False)
     for job_id, meta in zip(wanted, metas, strict=True):
-        pipe.zscore(FAILED_KEY.format(text(meta[0] or b"")), job_id)
+        pipe.zscore(keys.failed(text(meta[0] or b"")), job_id)
     scores = pipe.execute()
     entries = []
     for job_id, meta, stream, score in zip(wanted, metas, streams, scores, strict=True):
@@ -401,7 +395,7 @@ def _claim(connection: redis.Redis, chunk: Sequence[FailedEntry]) -> list[bool]:
     """Remove the jobs from their failed sets; only a job this call removed is acted on."""
     pipe = connection.pipeline(transaction=False)
     for entry in chunk:
-        pipe.zrem(FAILED_KEY.format(entry.queue), entry.id)
+        pipe.zrem(keys.failed(entry.queue), entry.id)
     return [bool(n) for n in pipe.execute()]
 
 
@@ -452,7 +446,7 @@ def flush_failed(connection: redis.Redis, entries: Sequence[FailedEntry]) -> Out
     for chunk in _chunks(entries):
         pipe = connection.pipeline(transaction=False)
         for entry in chunk:
-            pipe.zrange(f"rq:executions:{entry.id}", 0, -1)
+            pipe.zrange(keys.executions(entry.id), 0, -1)
             pipe.hget(AcmeqJob.key_for(entry.id), "group_id")
         replies = pipe.execute()
         claimed = _claim(connection, chunk)
@@ -471,12 +465,12 @@ def flush_failed(connection: redis.Redis, entries: Sequence[FailedEntry]) -> Out
                 key,
                 f"{key}:dependents",
                 f"{key}:dependencies",
-                _results_key(entry.id),
-                f"rq:executions:{entry.id}",
-                *[f"rq:execution:{c}" for c in executions],
+                keys.results(entry.id),
+                keys.executions(entry.id),
+                *[keys.execution(c) for c in executions],
             )
             if executions:
-                pipe.zrem(f"rq:wip:{entry.queue}", *executions)
+                pipe.zrem(keys.started(entry.queue), *executions)
             outcome.done.append(entry.id)
         pipe.execute()
         for job_id in grouped:

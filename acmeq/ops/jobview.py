@@ -17,11 +17,11 @@ from rq.exceptions import NoSuchJobError
 from rq.results import Result
 from rq.serializers import JSONSerializer
 
-from acmeq import pii
+from acmeq import keys, pii
 from acmeq.allowlist import JobRegistry
 from acmeq.config.settings import Settings
 from acmeq.errors import JobNotFoundError
-from acmeq.ops.failed import FAILED_KEY, iso, resolve_name
+from acmeq.ops.failed import iso, resolve_name
 from acmeq.ops.failure_log import exception_line
 from acmeq.queues import AcmeqJob, registry_for
 
@@ -143,7 +143,7 @@ def job_detail(settings: Settings, connection: redis.Redis, job_id: str) -> JobD
         final_failures = sum(1 for r in results if r.type == Result.Type.FAILED)
         detail.attempts = max(retried, 0) + max(final_failures, 1)
     if detail.status == "scheduled":
-        when = connection.zscore(f"rq:scheduled:{job.origin}", job.id)
+        when = connection.zscore(keys.scheduled(job.origin), job.id)
         detail.scheduled_for = datetime.fromtimestamp(when, UTC) if when else None
     ttl = connection.ttl(job.key)
     if ttl and ttl > 0:
@@ -162,7 +162,7 @@ def failed_detail(settings: Settings, connection: redis.Redis, job_id: str) -> J
                 f"failed job {job_id!r} not found (neither in Redis nor in the failed_jobs table)"
             ) from None
         return record
-    in_registry = connection.zscore(FAILED_KEY.format(detail.queue), job_id) is not None
+    in_registry = connection.zscore(keys.failed(detail.queue), job_id) is not None
     if detail.status != "failed" and not in_registry:
         raise JobNotFoundError(
             f"job {job_id!r} is not a failed job (status {detail.status}); "

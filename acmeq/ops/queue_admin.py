@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import redis
-from rq import Queue
 
+from acmeq import keys
 from acmeq.config.settings import Settings
 from acmeq.master import control
 from acmeq.queues import queue_counts, queue_spec
@@ -30,7 +30,8 @@ def pause_queue(settings: Settings, connection: redis.Redis, queue: str, paused:
     return name
 
 
-# Pops up to ARGV[1] ids and deletes what RQ's Queue.empty deletes, plus the dependencies set.
+# Pops up to ARGV[1] ids and deletes what RQ's Queue.empty deletes, plus the dependencies set
+# (keys.job, keys.dependents, keys.dependencies, keys.results).
 _CLEAR = """
 local ids = redis.call('LPOP', KEYS[1], tonumber(ARGV[1]))
 if not ids then return 0 end
@@ -48,7 +49,7 @@ def clear_queue(settings: Settings, connection: redis.Redis, queue: str, dry_run
     Only the waiting list: running, scheduled (delayed retries) and failed jobs are not touched.
     Deletes in chunks of :data:`CLEAR_CHUNK` so a large queue never blocks Redis for long.
     """
-    key = Queue.redis_queue_namespace_prefix + queue_spec(settings, queue).name
+    key = keys.queue(queue_spec(settings, queue).name)
     if dry_run:
         return int(connection.llen(key))
     script = connection.register_script(_CLEAR)
