@@ -141,12 +141,12 @@ def verify(
         if result.tables:
             grid = table("table", "expected", "restored", "", right=("expected", "restored"))
             for tbl, expected, restored in result.tables:
-                same = expected is None or expected == restored
+                same = expected == restored or not result.counts_must_match
                 grid.add_row(
                     tbl,
                     "-" if expected is None else f"{expected:,}",
                     "-" if restored is None else f"{restored:,}",
-                    "ok" if same else "MISMATCH",
+                    ("ok" if expected == restored else "changed") if same else "MISMATCH",
                 )
             show(grid)
         state = "OK" if result.ok else "FAILED"

@@ -172,13 +172,17 @@ def _run(args: list[str], env: dict[str, str], what: str) -> None:
 
 def pg_counts(conn: Connection, schema: str | None) -> dict[str, int]:
     """Row counts of the base tables of ``schema`` (or of every user schema), ``schema.table``."""
-    query = sa.text(
+    sql = (
         "SELECT table_schema, table_name FROM information_schema.tables "
         "WHERE table_type = 'BASE TABLE' AND table_schema NOT IN :system "
-        "AND table_schema NOT LIKE 'pg_temp%' AND (:schema IS NULL OR table_schema = :schema) "
-        "ORDER BY 1, 2"
-    ).bindparams(sa.bindparam("system", expanding=True))
-    rows = conn.execute(query, {"system": list(_SYSTEM_SCHEMAS), "schema": schema}).all()
+        "AND table_schema NOT LIKE 'pg_temp%'"
+    )
+    params: dict[str, Any] = {"system": list(_SYSTEM_SCHEMAS)}
+    if schema is not None:
+        sql += " AND table_schema = :schema"
+        params["schema"] = schema
+    query = sa.text(sql + " ORDER BY 1, 2").bindparams(sa.bindparam("system", expanding=True))
+    rows = conn.execute(query, params).all()
     counts = {}
     for table_schema, table_name in rows:
         count = conn.execute(sa.text(f'SELECT count(*) FROM "{table_schema}"."{table_name}"'))
