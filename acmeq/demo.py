@@ -132,7 +132,11 @@ def run_demo(
     out.line("what ops see (acmeq status):")
     out.line(_cli(cfg, "status"))
 
-    out.step("6. Stop")
+    from acmeq.maintenance.demo import cleanup_dry_run
+
+    cleanup_dry_run(cfg, out, "6. Maintenance")
+
+    out.step("7. Stop")
     client.close()
     if started_here and not keep_redis:
         server.stop()
