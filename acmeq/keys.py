@@ -130,6 +130,8 @@ ALERTS_CHANNELS = "acmeq:alerts:channels"  # hash: channel -> delivery health
 ALERTS_LOCK = "acmeq:alerts:lock"  # the one evaluator's lock
 PROGRESS_CHANNEL = "acmeq:progress"  # pub/sub: every progress record
 CANCEL_CHANNEL = "acmeq:cancel"  # pub/sub: ids of jobs whose cancellation was requested
+SCHEDULER_LEADER = "acmeq:scheduler:leader"  # the one master that runs the schedules
+SCHEDULE_PREFIX = "acmeq:schedule:"
 
 
 def stats(name: str) -> str:
@@ -178,6 +180,26 @@ def progress_channel(job_id: str) -> str:
 def cancel(job_id: str) -> str:
     """String: a cancel request for one job (JSON)."""
     return f"acmeq:cancel:{job_id}"
+
+
+def schedule(name: str) -> str:
+    """Hash: the state of one periodic schedule (last tick, next tick)."""
+    return f"{SCHEDULE_PREFIX}{name}"
+
+
+def schedule_tick(name: str, tick: str) -> str:
+    """String: one tick of a schedule was handled (its id is the tick's time)."""
+    return f"{SCHEDULE_PREFIX}{name}:tick:{tick}"
+
+
+def schedule_history(name: str) -> str:
+    """List: the last runs of a schedule."""
+    return f"{SCHEDULE_PREFIX}{name}:history"
+
+
+def mail_fanout(run: str) -> str:
+    """String: how many batches of a bulk mail run were enqueued (a retry resumes there)."""
+    return f"acmeq:mail:fanout:{run}"
 
 
 # -- the map the docs are checked against ---------------------------------------------------------
@@ -233,6 +255,11 @@ KEY_MAP: tuple[KeyInfo, ...] = (
     KeyInfo(progress_channel("<id>"), "channel", "one job's progress records"),
     KeyInfo(CANCEL_CHANNEL, "channel", "ids of jobs whose cancellation was requested"),
     KeyInfo(cancel("<id>"), "string, TTL", "a cancel request (JSON: requested_at, stop_at, by)"),
+    KeyInfo(SCHEDULER_LEADER, "string, TTL", "the master that runs the periodic schedules"),
+    KeyInfo(schedule("<name>"), "hash", "a periodic schedule's state"),
+    KeyInfo(schedule_tick("<name>", "<tick>"), "string, TTL", "a schedule's tick was handled"),
+    KeyInfo(schedule_history("<name>"), "list", "a schedule's last runs"),
+    KeyInfo(mail_fanout("<run>"), "string, TTL", "batches of a bulk mail run enqueued so far"),
 )
 
 
