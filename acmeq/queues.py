@@ -26,13 +26,12 @@ import redis
 from redis.typing import EncodableT
 from rq import Queue, Retry
 from rq.job import JOB_ID_PATTERN, Job
-from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 from rq.utils import now, utcformat
 
+from acmeq import keys
 from acmeq.allowlist import JobDef, JobRegistry, check_call, load_registry
 from acmeq.config.settings import QueueSpec, Settings, process_settings
-from acmeq.constants import PAUSED_QUEUE_KEY
 from acmeq.errors import JobArgumentError, UnknownQueueError, UsageError
 
 # Jobs per pipeline in enqueue_many: large enough to amortise the round trip, small enough that
@@ -310,10 +309,10 @@ def queue_counts(settings: Settings, connection: redis.Redis) -> list[dict[str, 
     pipe = connection.pipeline(transaction=False)
     for spec in specs:
         # RQ's key layout: the queue list and one sorted set per registry.
-        pipe.llen(Queue.redis_queue_namespace_prefix + spec.name)
-        for registry in (ScheduledJobRegistry, StartedJobRegistry, FailedJobRegistry):
-            pipe.zcard(registry.key_template.format(spec.name))
-        pipe.exists(PAUSED_QUEUE_KEY.format(queue=spec.name))
+        pipe.llen(keys.queue(spec.name))
+        for key in (keys.scheduled, keys.started, keys.failed):
+            pipe.zcard(key(spec.name))
+        pipe.exists(keys.paused_queue(spec.name))
     counts = pipe.execute()
     rows = []
     for i, spec in enumerate(specs):

@@ -169,32 +169,17 @@ def deliver_outbox(
             )
             done.append(field_name)
             continue
-        pending = list(entry["pending"])
+        pending = [name for name in entry["pending"] if name in wanted]  # still configured
         for name in list(pending):
-            if name not in wanted:  # channel since unconfigured: nothing to send it to
-                pending.remove(name)
-                continue
             if name in blocked:
                 continue
-            try:
-                send(Channel(name), settings, notice)
-            except AlertChannelError as exc:
+            error = _send_one(settings, Channel(name), notice, health, now)
+            if error is not None:
                 blocked.add(name)
-                failures = int(health.get(name, {}).get("failures", 0)) + 1
-                wait = CHANNEL_BACKOFF_S[min(failures, len(CHANNEL_BACKOFF_S)) - 1]
-                health[name] = {
-                    "ok": False,
-                    "at": now,
-                    "error": str(exc),
-                    "failures": failures,
-                    "retry_at": now + wait,
-                }
-                entry["last_error"] = str(exc)
-                report.errors.append(str(exc))
-                log.error("alert not delivered (retry in %d s): %s", wait, exc)
+                entry["last_error"] = error
+                report.errors.append(error)
                 continue
             pending.remove(name)
-            health[name] = {"ok": True, "at": now, "error": "", "failures": 0, "retry_at": 0}
             report.sent.append((notice.title, name))
         if pending:
             entry["pending"] = pending
@@ -212,6 +197,29 @@ def deliver_outbox(
     pipe.execute()
     _trim_outbox(connection)
     return report
+
+
+def _send_one(
+    settings: Settings, channel: Channel, notice: Notice, health: dict[str, Any], now: float
+) -> str | None:
+    """Send on one channel and record its health (backing off after a failure); the error."""
+    name = str(channel)
+    try:
+        send(channel, settings, notice)
+    except AlertChannelError as exc:
+        failures = int(health.get(name, {}).get("failures", 0)) + 1
+        wait = CHANNEL_BACKOFF_S[min(failures, len(CHANNEL_BACKOFF_S)) - 1]
+        health[name] = {
+            "ok": False,
+            "at": now,
+            "error": str(exc),
+            "failures": failures,
+            "retry_at": now + wait,
+        }
+        log.error("alert not delivered (retry in %d s): %s", wait, exc)
+        return str(exc)
+    health[name] = {"ok": True, "at": now, "error": "", "failures": 0, "retry_at": 0}
+    return None
 
 
 def _trim_outbox(connection: redis.Redis) -> None:
