@@ -12,7 +12,7 @@ The public API a platform team uses::
 
 from __future__ import annotations
 
-from acmeq.allowlist import job
+from acmeq.allowlist import callback, job
 
 # Kept in step with pyproject.toml by tests/test_cli.py (importlib.metadata costs ~25 ms of
 # start-up on every command).
@@ -26,4 +26,4 @@ def enqueue(job_name: str, *args: object, **kwargs: object) -> object:
     return _enqueue(job_name, *args, **kwargs)
 
 
-__all__ = ["__version__", "enqueue", "job"]
+__all__ = ["__version__", "callback", "enqueue", "job"]

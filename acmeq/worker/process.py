@@ -1,16 +1,17 @@
 """The worker process a pool runs: one queue, one of three execution models.
 
-A supervisor starts each worker as ``python -m acmeq.worker '<WorkerOptions as JSON>'`` and reads
+A master starts each worker as ``python -m acmeq.worker '<WorkerOptions as JSON>'`` and reads
 its exit code (:class:`acmeq.constants.WorkerExit`). :class:`AcmeqWorker` is an RQ worker: it
-registers, heartbeats and records jobs where RQ does (``rq info`` and rq-dashboard see it), but
-runs jobs through :mod:`acmeq.worker.fastpath` (one round trip per job when busy instead of ~18)
-and adds
-what RQ lacks: pause per queue or supervisor, memory limits, recycling after ``max_jobs`` /
-``max_time``, and three execution models:
+registers, heartbeats, listens to RQ's worker commands and records jobs where RQ does
+(``rq info`` and rq-dashboard see it), but runs plain jobs through :mod:`acmeq.worker.fastpath`
+(one round trip per job when busy instead of ~18); everything else goes through RQ's own code
+(:mod:`acmeq.worker.recording`). It adds what RQ lacks: pause per queue or supervisor, memory
+limits, recycling after ``max_jobs`` / ``max_time``, a liveness file for its master, waiting
+out Redis outages, and three execution models (:class:`~acmeq.worker.states.ExecutionModel`):
 
 - ``inline``: jobs run in the worker process (SIGALRM timeouts), like Laravel's ``queue:work``;
-- ``threads``: up to ``concurrency`` jobs at once in threads (timeouts by the watchdog thread);
-- ``fork``: each job in a forked child, for isolation; the parent enforces timeout and memory.
+- ``threads``: up to ``concurrency`` jobs at once in threads (deadlines by the watchdog);
+- ``fork``: each job in a forked work horse (:mod:`acmeq.worker.horse`), for isolation.
 
 Signals: SIGTERM asks for a graceful stop (running jobs finish); a second SIGTERM or a SIGINT
 stops fast: running jobs are interrupted and go through RQ's failure handling, so they are
@@ -26,140 +27,57 @@ import logging
 import os
 import select
 import signal
-import socket
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 from uuid import uuid4
 
-import psutil
 import redis
-from rq import SimpleWorker
+from rq import Retry
+from rq.exceptions import NoSuchJobError
 from rq.executions import Execution
 from rq.job import JobStatus
 from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
-from rq.utils import utcformat
 
-from acmeq.config.settings import Settings
-from acmeq.constants import PAUSED_QUEUE_KEY, PAUSED_SUPERVISOR_KEY, WorkerExit
-from acmeq.observability import metrics
-from acmeq.ops import failure_log as failures
+from acmeq.constants import WorkerExit
 from acmeq.queues import AcmeqJob
 from acmeq.storage.redis_client import text
-from acmeq.worker.fastpath import STATS_KEY, FastPath, Started, encode_result, needs_slow_path
-from acmeq.worker.support import (
-    cancel_requested,
-    end_progress,
-    format_exc,
-    job_name,
-    raise_in_thread,
-    run_horse,
+from acmeq.worker import commands
+from acmeq.worker.base import (
+    MemoryLimitExceeded,
+    Running,
+    ShutdownInterrupt,
+    StopJobRequested,
 )
+from acmeq.worker.fastpath import Started, encode_result, needs_slow_path
+from acmeq.worker.horse import run_horse
+from acmeq.worker.options import WorkerOptions
+from acmeq.worker.osutil import format_exc, raise_in_thread, set_parent_death_signal
+from acmeq.worker.recording import RecordingWorker, runtime_of
+from acmeq.worker.states import ExecutionModel, Outcome, Reply, StopMode
+from acmeq.worker.watchdog import Watchdog, timeout_message
+
+__all__ = ["AcmeqWorker", "WorkerOptions", "main"]
 
 log = logging.getLogger("acmeq.worker")
 
-HEARTBEAT_S = 10.0  # worker/job heartbeat while busy or idle
 IDLE_BLOCK_S = 1  # BLMOVE timeout: bounds how late a pause or stop is noticed while idle
-MEMORY_HARD_FACTOR = 1.15  # a running job beyond limit x this is stopped (watchdog)
-WATCHDOG_S = 0.25
-FORCE_STOP_AFTER_S = 2.0  # after a cancel's grace period, before the worker stops a job itself
+HORSE_GRACE_S = 10  # fork: the parent kills a horse this long after its own SIGALRM failed
+BOOT_REDIS_WAIT_S = 15.0  # at boot, how long to wait for Redis before REDIS_UNAVAILABLE
+_INTERRUPTS = (ShutdownInterrupt, StopJobRequested, MemoryLimitExceeded, JobTimeoutException)
+T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class WorkerOptions:
-    """Everything a worker process needs besides the environment (which carries the settings)."""
-
-    queue: str
-    mode: str = "inline"  # fork | inline | threads
-    concurrency: int = 1  # jobs at once (mode threads)
-    memory_mb: int = 0  # RSS limit checked after each job; 0: none
-    timeout: int = 0  # job timeout override, s; 0: the job's own (its queue's)
-    max_jobs: int = 0  # exit with RECYCLE after this many jobs; 0: never
-    max_time: int = 0  # exit with RECYCLE after this many seconds; 0: never
-    name: str = ""  # RQ worker name prefix; the pid is appended
-    master: str = ""  # the master that started it (pause keys, `worker list`)
-    supervisor: str = ""
-    burst: bool = False  # exit when the queue is empty (tests, demo, benchmarks)
-    log_level: str = "WARNING"
-    boot_report: str = ""  # file to write a boot error into, for the supervisor to show
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> WorkerOptions:
-        return cls(**json.loads(text))
-
-
-class ShutdownInterrupt(Exception):
-    """Raised inside a running job by a fast stop (second SIGTERM, or SIGINT)."""
-
-
-class MemoryLimitExceeded(Exception):
-    """Recorded as the failure of a job that drove the worker far past its memory limit."""
-
-
-@dataclass
-class _Running:
-    job: AcmeqJob
-    execution: Execution
-    thread_id: int
-    deadline: float  # monotonic; 0: no timeout
-    performing: bool = False  # inside the job function (a fast stop may interrupt it)
-
-
-class AcmeqWorker(SimpleWorker):
+class AcmeqWorker(RecordingWorker):
     """An RQ worker for one queue running jobs through acmeq's lean path."""
 
-    death_penalty_class = UnixSignalDeathPenalty
-
-    def __init__(self, opts: WorkerOptions, settings: Settings, connection: redis.Redis) -> None:
-        prefix = opts.name or socket.gethostname()
-        super().__init__(
-            [opts.queue],
-            name=f"{prefix}.{os.getpid()}",
-            connection=connection,
-            job_class=AcmeqJob,
-            serializer=JSONSerializer,
-        )
-        self.opts = opts
-        self.settings = settings
-        pause = [PAUSED_QUEUE_KEY.format(queue=opts.queue)]
-        if opts.master and opts.supervisor:
-            pause.append(
-                PAUSED_SUPERVISOR_KEY.format(master=opts.master, supervisor=opts.supervisor)
-            )
-        self.fast = FastPath(
-            connection,
-            opts.queue,
-            self.name,
-            pause,
-            opts.timeout,
-            settings.metrics_minute_retention,
-            settings.metrics_hour_retention,
-        )
-        # Every pooled connection carries the worker's name (RQ names only the first), so
-        # `CLIENT LIST` shows which worker holds a blocking BLMOVE or a slow script.
-        connection.connection_pool.connection_kwargs["client_name"] = self.name
-        self.queue_obj = self.queues[0]
-        self.process = psutil.Process()
-        self.started_mono = time.monotonic()
-        self.jobs_done = 0
-        self.jobs_taken = 0
-        self.exit_code = WorkerExit.OK
-        self._stop = threading.Event()  # graceful: take no new job
-        self._fast_stop = False
-        self._lock = threading.Lock()
-        self._running: dict[str, _Running] = {}  # execution id -> running job
-        self._memory_reason = ""  # set by the watchdog when it killed a forked job for memory
-        self._force_stop: set[str] = set()  # jobs being stopped by force after a cancel
-        self._stop_seen: dict[str, float] = {}  # job id -> when its stop request was first seen
+    _main_interrupt: tuple[type[BaseException], str] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def run(self) -> WorkerExit:
@@ -177,39 +95,67 @@ class AcmeqWorker(SimpleWorker):
                 "acmeq_jobs": 0,
             },
         )
+        self.subscribe()  # RQ's worker commands, as RQ's bootstrap() does
         self._install_signals()
-        watchdog = threading.Thread(target=self._watchdog, name="acmeq-watchdog", daemon=True)
-        watchdog.start()
+        Watchdog(self).start()
         try:
-            if self.opts.mode == "threads" and self.opts.concurrency > 1:
+            if self.mode == ExecutionModel.THREADS and self.opts.concurrency > 1:
                 self._run_threads()
-            elif self.opts.mode == "fork":
-                self._serve(fork=True)
             else:
-                self._serve(fork=False)
+                self._serve()
         finally:
             self._stop.set()
+            with contextlib.suppress(Exception):
+                self.unsubscribe()
+            with contextlib.suppress(redis.RedisError):
+                self.metrics.flush(self.connection)
             with contextlib.suppress(redis.RedisError):
                 self.register_death()
         return self.exit_code
 
+    def handle_payload(self, message: Any) -> None:  # RQ's pub/sub callback
+        commands.handle(self, message)
+
+    def request_stop_graceful(self) -> None:
+        if self.stop_mode == StopMode.NONE:
+            self.stop_mode = StopMode.GRACEFUL
+        self._stop.set()
+
     def _install_signals(self) -> None:
         def on_term(signum: int, frame: FrameType | None) -> None:
             if self._stop.is_set() or signum == signal.SIGINT:
-                self._fast_stop = True
+                self.stop_mode = StopMode.FAST
                 self._stop.set()
                 self._interrupt_all()
             else:
-                self._stop.set()  # graceful: the loops notice between jobs
+                self.request_stop_graceful()  # the loops notice between jobs
+
+        def on_usr1(signum: int, frame: FrameType | None) -> None:
+            pending, self._main_interrupt = self._main_interrupt, None
+            if pending is not None and any(r.performing for r in self._main_running()):
+                raise pending[0](pending[1])
 
         signal.signal(signal.SIGTERM, on_term)
         signal.signal(signal.SIGINT, on_term)
+        signal.signal(signal.SIGUSR1, on_usr1)
+
+    def _main_running(self) -> list[Running]:
+        main = threading.main_thread().ident
+        return [r for r in self.running() if r.thread_id == main]
+
+    def interrupt(self, item: Running, exc: type[BaseException], message: str = "") -> None:
+        """Raise ``exc`` inside a running job (its thread; the main thread through SIGUSR1,
+        which also breaks a blocking sleep)."""
+        if item.thread_id == threading.main_thread().ident:
+            self._main_interrupt = (exc, message or exc.__name__)
+            os.kill(os.getpid(), signal.SIGUSR1)
+        else:
+            raise_in_thread(item.thread_id, exc)
 
     def _interrupt_all(self) -> None:
         # Threads get an asynchronous exception; the main thread gets it from this handler's
         # frame when the signal arrived while it ran a job (inline mode).
-        with self._lock:
-            running = list(self._running.values())
+        running = self.running()
         main = threading.main_thread().ident
         for item in running:
             if item.performing and item.thread_id != main:
@@ -227,7 +173,7 @@ class AcmeqWorker(SimpleWorker):
         if self.opts.max_time and time.monotonic() - self.started_mono >= self.opts.max_time:
             self.exit_code = WorkerExit.RECYCLE
             return True
-        if self.opts.memory_mb and self._rss_mb() > self.opts.memory_mb:
+        if self.opts.memory_mb and self.rss_mb() > self.opts.memory_mb:
             # Laravel/Horizon semantics: the worker exits after the job and is replaced.
             log.warning("RSS above the %d MB limit: exiting to be replaced", self.opts.memory_mb)
             self.exit_code = WorkerExit.MEMORY_LIMIT
@@ -249,50 +195,83 @@ class AcmeqWorker(SimpleWorker):
         with self._lock:
             self.jobs_taken -= 1
 
-    def _rss_mb(self) -> float:
-        rss = self.process.memory_info().rss
-        if self.opts.mode == "fork":
-            with contextlib.suppress(psutil.Error):
-                rss = max([rss] + [c.memory_info().rss for c in self.process.children()])
-        return float(rss) / (1024 * 1024)
+    def redis_retry(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` until Redis answers (recording a job's outcome must not be lost to a
+        short outage); gives up only on a fast stop."""
+        while True:
+            try:
+                result = fn()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if self.fast_stop:
+                    raise
+                self.outage.wait(exc, interruptible=False)
+                continue
+            self.outage.ok()
+            return result
 
     # -- the serving loop ----------------------------------------------------------------------
-    def _serve(self, fork: bool) -> None:
-        """Take, run and finish jobs one at a time until a stop condition holds."""
+    def _serve(self) -> None:
+        """Take, run and finish jobs one at a time until a stop condition holds. A Redis error
+        never ends the loop: it waits (bounded backoff with jitter) and resumes."""
+        main = threading.current_thread() is threading.main_thread()
         started: Started | None = None
         while True:
-            if started is None or started.kind != "job":
-                if not self._reserve():
-                    return
-                started = self._next_job()
-                if started is None:
-                    self._release()
-                    if self.opts.burst:
+            if main:
+                self.liveness.alive()
+            try:
+                if started is None or started.kind != Reply.JOB:
+                    if not self._reserve():
                         return
-                    continue
-            started = self._run_job(started, fork)
+                    try:
+                        started = self._next_job()
+                    except BaseException:
+                        self._release()
+                        raise
+                    self.outage.ok()
+                    if started is None:
+                        self._release()
+                        if self.opts.burst:
+                            return
+                        continue
+                started = self._run_job(started)
+            except redis.RedisError as exc:
+                started = None
+                self.outage.wait(exc)
+            except _INTERRUPTS:
+                # An interrupt that arrived just after its job ended: nothing to undo.
+                started = None
+            except Exception:
+                # A bug or a hostile job hash must cost that job, never the worker.
+                log.exception("unexpected error while serving %s", self.opts.queue)
+                started = None
+                self._stop.wait(0.1)
 
     def _run_threads(self) -> None:
         threads = [
-            threading.Thread(target=self._serve, args=(False,), name=f"acmeq-job-{i}", daemon=True)
+            threading.Thread(target=self._serve, name=f"acmeq-job-{i}", daemon=True)
             for i in range(self.opts.concurrency)
         ]
         for thread in threads:
             thread.start()
-        # The main thread stays free for signals; it waits for the job threads.
-        while any(t.is_alive() for t in threads):
-            for thread in threads:
-                thread.join(0.2)
+        # The main thread stays free for signals and the liveness file; it waits for the job
+        # threads, except one abandoned after a deadline (the process then retires without it).
+        while True:
+            self.liveness.alive()
+            abandoned = {r.thread_id for r in self.running() if r.abandoned_at}
+            alive = [t for t in threads if t.is_alive() and t.ident not in abandoned]
+            if not alive:
+                return
+            alive[0].join(0.2)
 
     def _next_job(self) -> Started | None:
         """Start the next job, blocking up to IDLE_BLOCK_S when the queue is empty."""
         started = self.fast.start(uuid4().hex)
-        if started.kind == "job":
+        if started.kind == Reply.JOB:
             return started
-        if started.kind == "paused":
+        if started.kind == Reply.PAUSED:
             self._stop.wait(1.0)
             return None
-        if started.kind == "gone" or self.opts.burst:
+        if started.kind == Reply.GONE or self.opts.burst:
             return None
         # Empty: block on the queue. BLMOVE parks the id in the intermediate list, which the
         # master's maintenance recovers if this process dies before the start script runs.
@@ -306,279 +285,309 @@ class AcmeqWorker(SimpleWorker):
             self.fast.give_back(text(job_id))
             return None
         started = self.fast.start(uuid4().hex, text(job_id))
-        return started if started.kind == "job" else None
+        return started if started.kind == Reply.JOB else None
 
-    def _run_job(self, started: Started, fork: bool) -> Started | None:
-        """Run one started job and record its outcome; may return the next started job."""
+    # -- one job -------------------------------------------------------------------------------
+    def _prepare(self, started: Started) -> Running:
+        """The job object the job sees: as RQ's worker leaves it after preparing the job
+        (status started, worker name, heartbeat, start time)."""
         assert started.fields is not None
         job = AcmeqJob(started.job_id, connection=self.connection, serializer=JSONSerializer)
-        job.restore(started.fields)
-        exec_id = started.exec_id
-        execution = Execution(exec_id, job.id, self.connection, worker_name=self.name)
         started_ts = time.time()
-        job.started_at = datetime.fromtimestamp(started_ts, UTC)
-        execution.created_at = job.started_at
-        timeout = int(self.opts.timeout or job.timeout or 180)
-        item = _Running(
-            job,
-            execution,
-            threading.get_ident(),
-            time.monotonic() + timeout if timeout > 0 else 0.0,
-        )
-        with self._lock:
-            self._running[exec_id] = item
+        stamp = datetime.fromtimestamp(started_ts, UTC)
+        execution = Execution(started.exec_id, started.job_id, self.connection, self.name)
+        execution.created_at = execution.last_heartbeat = stamp
+        item = Running(job, execution, threading.get_ident(), 0, 0.0, started_ts)
+        job.restore(started.fields)
+        job.worker_name = self.name
+        job.last_heartbeat = job.started_at = stamp
+        job._status = JobStatus.STARTED
+        item.timeout = self.timeout_of(job)
+        item.deadline = time.monotonic() + item.timeout if item.timeout > 0 else 0.0
+        item.slow = needs_slow_path(started.fields)
+        return item
+
+    def _run_job(self, started: Started) -> Started | None:
+        """Run one started job and record its outcome; may return the next started job."""
         try:
-            if fork:
-                outcome, value = self._perform_forked(job, timeout)
+            item = self._prepare(started)
+        except Exception:
+            self._fail_unreadable(started, format_exc())
+            return None
+        if self.opts.memory_mb and self.mode == ExecutionModel.THREADS:
+            item.rss_at_start = self.rss_mb()
+        with self._lock:
+            self._running[item.execution.id] = item
+        if self.mode != ExecutionModel.THREADS:
+            self.liveness.busy(item.timeout)
+        try:
+            if self.mode == ExecutionModel.FORK:
+                reply = self._perform_forked(item)
             else:
-                outcome, value = self._perform_inline(job, timeout, item)
+                reply = self.execute(item)
         finally:
             with self._lock:
-                self._running.pop(exec_id, None)
-        with self._lock:
-            self.jobs_done += 1
-        if outcome == "ok" and not needs_slow_path(started.fields):
-            # Decided after the job: a stop, max_jobs or memory limit reached meanwhile holds.
-            take_next = self._reserve()
-            wt = time.time() - started_ts
-            result_ttl = job.get_result_ttl(self.default_result_ttl)
-            wait = started_ts - job.enqueued_at.timestamp() if job.enqueued_at else 0.0
-            reply = self.fast.finish(
-                job.id,
-                exec_id,
-                encode_result(value),
-                result_ttl,
-                wt,
-                started_ts,
-                uuid4().hex if take_next else None,
-                job_name=job_name(job),
-                wait=wait,
-            )
-            if take_next and reply.kind != "job":
-                self._release()
-            if reply.kind != "slow":
-                return reply if reply.kind == "job" else None
-        job.ended_at = datetime.now(UTC)
-        if outcome == "ok":
-            job._result = value
-            job._status = JobStatus.FINISHED
-            self.handle_job_success(
-                job, self.queue_obj, self.queue_obj.started_job_registry, execution
-            )
-        elif outcome == "memory":
-            # A memory hog fails for good: retrying would only kill the next worker too.
-            self._record_failure(job, execution, str(value), retry=False)
-            self.exit_code = WorkerExit.MEMORY_LIMIT
-            self._stop.set()
-        else:
-            self._record_failure(job, execution, str(value))
-        return None
+                self._running.pop(item.execution.id, None)
+                self.jobs_done += 1
+            if self.mode != ExecutionModel.THREADS:
+                self.liveness.alive()
+        return self._conclude(item, reply)
 
-    def _perform_inline(self, job: AcmeqJob, timeout: int, item: _Running) -> tuple[str, Any]:
+    def execute(self, item: Running) -> dict[str, Any]:
+        """Run the job here (job thread, or the fork horse) and record anything but a plain
+        success through RQ; see :mod:`acmeq.worker.horse` for the reply."""
+        job = item.job
         try:
             item.performing = True
-            if self._fast_stop:
+            if self.fast_stop:
                 # The stop arrived between the start script and here: honour it now.
                 raise ShutdownInterrupt("worker stopped fast (second SIGTERM or SIGINT)")
-            if threading.current_thread() is threading.main_thread() and timeout > 0:
-                with self.death_penalty_class(timeout, JobTimeoutException, job_id=job.id):
-                    return "ok", job.perform()
-            return "ok", job.perform()  # threads: the watchdog enforces the deadline
-        except Exception:
-            return "failed", format_exc()
+            if job.id in self._stop_job_ids:
+                raise StopJobRequested("stopped by user")
+            here = threading.current_thread() is threading.main_thread()
+            if here and item.timeout > 0:
+                with UnixSignalDeathPenalty(item.timeout, JobTimeoutException, job_id=job.id):
+                    value = job.perform()
+            else:
+                value = job.perform()  # threads: the watchdog enforces the deadline
+        except Exception as exc:
+            item.performing = False
+            exc_info = sys.exc_info()
+            if not self.claim(item):
+                return {"outcome": Outcome.HANDLED, "recorded": False}
+            outcome = self._classify(job, exc)
+            exc_string = self.redis_retry(
+                lambda: self.record_failure_rq(job, item.execution, exc_info, outcome)
+            )
+            return self._handled(item, False, exc_string)
         finally:
             item.performing = False
+        if not self.claim(item):
+            return {"outcome": Outcome.HANDLED, "recorded": False}  # failed by the watchdog
+        if isinstance(value, Retry) or item.slow:
+            ok = self.redis_retry(lambda: self.record_success_rq(job, item.execution, value))
+            return self._handled(item, ok, "")
+        return {"outcome": Outcome.OK, "value": value}
 
-    def _perform_forked(self, job: AcmeqJob, timeout: int) -> tuple[str, Any]:
+    def _handled(self, item: Running, ok: bool, exc_string: str) -> dict[str, Any]:
+        job = item.job
+        return {
+            "outcome": Outcome.HANDLED,
+            "recorded": True,
+            "ok": ok,
+            "exc": exc_string,
+            "runtime": runtime_of(job),
+            "status": _status_text(job.get_status(refresh=False)),
+        }
+
+    def _classify(self, job: AcmeqJob, exc: BaseException) -> Outcome:
+        if isinstance(exc, StopJobRequested) or job.id in self._stop_job_ids:
+            return Outcome.STOPPED
+        if isinstance(exc, MemoryLimitExceeded):
+            return Outcome.MEMORY
+        if isinstance(exc, JobTimeoutException):
+            return Outcome.TIMEOUT
+        return Outcome.FAILED
+
+    def _conclude(self, item: Running, reply: dict[str, Any]) -> Started | None:
+        """Record what the run left to record; a plain success may start the next job."""
+        job = item.job
+        if reply["outcome"] == Outcome.OK:
+            # Decided after the job: a stop, max_jobs or memory limit reached meanwhile holds.
+            take_next = self._reserve()
+            wt = time.time() - item.started_ts
+            result_ttl = job.get_result_ttl(self.default_result_ttl)
+            result = encode_result(reply.get("value"))
+            next_exec = uuid4().hex if take_next else None
+            try:
+                nxt = self.redis_retry(
+                    lambda: self.fast.finish(
+                        job.id,
+                        item.execution.id,
+                        result,
+                        result_ttl,
+                        wt,
+                        item.started_ts,
+                        next_exec,
+                    )
+                )
+            except BaseException:
+                if take_next:
+                    self._release()
+                raise
+            if take_next and nxt.kind != Reply.JOB:
+                self._release()
+            if nxt.kind != Reply.SLOW:
+                self._count_success(item, wt)
+                return nxt if nxt.kind == Reply.JOB else None
+            # It gained dependents meanwhile: RQ's own success handling enqueues them.
+            ok = self.redis_retry(
+                lambda: self.record_success_rq(job, item.execution, reply.get("value"))
+            )
+            reply = self._handled(item, ok, "")
+        if reply.get("recorded"):
+            if reply["ok"]:
+                self._count_success(item, float(reply["runtime"]))
+            else:
+                status = JobStatus(reply["status"]) if reply.get("status") else None
+                self.after_failure(job, str(reply["exc"]), float(reply["runtime"]), status)
+            with contextlib.suppress(redis.RedisError):
+                self.idle_if_free()
+        if reply.get("memory"):
+            self.exit_code = WorkerExit.MEMORY_LIMIT
+            self._stop.set()
+        return None
+
+    def _count_success(self, item: Running, runtime: float) -> None:
+        job = item.job
+        wait = item.started_ts - job.enqueued_at.timestamp() if job.enqueued_at else 0.0
+        self.metrics.record(time.time(), self.opts.queue, job_name_of(job), runtime, wait)
+
+    def _perform_forked(self, item: Running) -> dict[str, Any]:
         read_fd, write_fd = os.pipe()
         pid = os.fork()
         if pid == 0:  # child: run the job, report through the pipe, never return
-            run_horse(job, read_fd, write_fd)
+            run_horse(self, item, read_fd, write_fd)
         os.close(write_fd)
         self._horse_pid = pid
-        deadline = time.monotonic() + timeout if timeout > 0 else None
+        timeout = item.timeout
+        deadline = time.monotonic() + timeout + HORSE_GRACE_S if timeout > 0 else None
+        timed_out = False
         chunks: list[bytes] = []
         with os.fdopen(read_fd, "rb") as pipe:
             while True:
                 if deadline is not None and time.monotonic() > deadline:
-                    os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                    self._horse_pid = 0
-                    return "failed", (
-                        f"JobTimeoutException: Task exceeded maximum timeout "
-                        f"value ({timeout} seconds)"
-                    )
-                if self._fast_stop or job.id in self._force_stop:
+                    timed_out = True  # its own SIGALRM did not end it: the parent does
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
+                if self.fast_stop or item.job.id in self._force_stop:
                     # A fast stop or a forced cancel that raced the fork: end the horse now.
                     with contextlib.suppress(OSError):
                         os.kill(pid, signal.SIGKILL)
                 ready, _, _ = select.select([pipe], [], [], 0.2)
                 if ready:
-                    chunk = pipe.read()
-                    chunks.append(chunk)
+                    chunks.append(pipe.read())
                     break
         _, status = os.waitpid(pid, 0)
         self._horse_pid = 0
         raw = b"".join(chunks)
-        if self._memory_reason:
-            return "memory", self._memory_reason
-        if not raw and job.id in self._force_stop:
-            return "failed", "JobCancelled: stopped by force after the cancel grace period"
-        if not raw:
-            return "failed", f"work horse died unexpectedly (wait status {status})"
-        reply = json.loads(raw)
-        return ("ok" if reply["ok"] else "failed"), reply["value"]
+        if raw:
+            reply: dict[str, Any] = json.loads(raw)
+            return reply
+        return self._horse_died(item, status, timed_out)
 
-    def _record_failure(
-        self, job: AcmeqJob, execution: Execution, exc_string: str, retry: bool = True
-    ) -> None:
-        """RQ's failure handling: retry per the job's tries (with backoff) or fail it."""
-        job._status = JobStatus.FAILED
-        if job.ended_at is None:
-            job.ended_at = datetime.now(UTC)
-        cancelled = job.id in self._force_stop or cancel_requested(self.connection, job.id)
-        if not retry or cancelled:
-            # A cancelled job must not come back (a forked job's own retries_left = 0 never
-            # reaches this process, so the cancel flag decides here).
-            job.retries_left = 0
-        self.handle_job_failure(job, self.queue_obj, exc_string=exc_string, execution=execution)
-        runtime = (job.ended_at - job.started_at).total_seconds() if job.started_at else 0.0
-        pipe = self.connection.pipeline(transaction=False)
-        pipe.hincrby(STATS_KEY.format(queue=self.opts.queue), "failed", 1)
-        metrics.record_failure(
-            pipe,
-            time.time(),
-            self.opts.queue,
-            job_name(job),
-            runtime,
-            self.settings.metrics_minute_retention,
-            self.settings.metrics_hour_retention,
+    def _horse_died(self, item: Running, status: int, timed_out: bool) -> dict[str, Any]:
+        """Record the job of a horse that ended without reporting (killed, crashed)."""
+        job = item.job
+        memory = bool(self._memory_reason)
+        if memory:
+            outcome, exc_string = Outcome.MEMORY, self._memory_reason
+            self._memory_reason = ""
+        elif job.id in self._stop_job_ids:
+            outcome, exc_string = Outcome.STOPPED, ""
+        elif job.id in self._force_stop:
+            outcome = Outcome.FAILED
+            exc_string = "JobCancelled: stopped by force after the cancel grace period"
+        elif timed_out:
+            outcome = Outcome.TIMEOUT
+            exc_string = f"JobTimeoutException: {timeout_message(item.timeout)}"
+        else:
+            outcome = Outcome.FAILED
+            sig = f" (signal {os.WTERMSIG(status)})" if os.WIFSIGNALED(status) else ""
+            exc_string = f"Work-horse terminated unexpectedly; waitpid returned {status}{sig}; "
+        try:
+            # The horse may have saved meta or recorded the outcome before it died: read the
+            # job afresh instead of overwriting it with this process's stale copy.
+            self.redis_retry(job.refresh)
+        except NoSuchJobError:
+            return {"outcome": Outcome.HANDLED, "recorded": False}
+        job.worker_name = self.name
+        if job.get_status(refresh=False) in (JobStatus.FINISHED, JobStatus.FAILED):
+            return {"outcome": Outcome.HANDLED, "recorded": False}
+        job.ended_at = datetime.now(UTC)
+        exc_string = self.redis_retry(
+            lambda: self.record_failure_string(job, item.execution, exc_string, outcome)
         )
-        pipe.execute()
-        if job.get_status(refresh=False) == JobStatus.FAILED:
-            if cancelled:
-                end_progress(
-                    self.settings, self.connection, job.id, "cancelled", "cancelled by an operator"
-                )
-            else:
-                failures.record_permanent(self.settings, job, exc_string, job_name(job))
-                # A killed horse or a forced stop never wrote its tracker's final state.
-                end_progress(
-                    self.settings,
-                    self.connection,
-                    job.id,
-                    "failed",
-                    failures.exception_line(exc_string),
-                )
-        self._force_stop.discard(job.id)
+        reply = self._handled(item, False, exc_string)
+        reply["memory"] = memory
+        return reply
 
-    # -- watchdog: heartbeats, deadlines (threads), hard memory limit ---------------------------
-    def _watchdog(self) -> None:
-        last_beat = 0.0
-        last_cancel_check = 0.0
-        while not (self._stop.is_set() and not self._running):
-            now = time.monotonic()
-            if now - last_beat >= HEARTBEAT_S:
-                last_beat = now
-                with contextlib.suppress(redis.RedisError):
-                    self._heartbeat_all()
-            self._enforce_deadlines(now)
-            if now - last_cancel_check >= 1.0:
-                last_cancel_check = now
-                with contextlib.suppress(redis.RedisError):
-                    self._enforce_cancels()
-            if self.opts.memory_mb:
-                self._enforce_memory()
-            time.sleep(WATCHDOG_S)
+    def _fail_unreadable(self, started: Started, exc_string: str) -> None:
+        """A job hash the worker cannot even load: fail it (one failed-registry entry)."""
+        log.error("job %s cannot be read: %s", started.job_id, exc_string.strip().splitlines()[-1])
+        from rq.registry import FailedJobRegistry
 
-    def _heartbeat_all(self) -> None:
-        stamp = utcformat(datetime.now(UTC))
-        with self._lock:
-            running = list(self._running.values())
-        pipe = self.connection.pipeline(transaction=False)
-        ttl = self.worker_ttl + 60
-        pipe.hset(
-            self.key,
-            mapping={
-                "last_heartbeat": stamp,
-                "acmeq_jobs": self.jobs_done,
-                "acmeq_rss_mb": round(self._rss_mb(), 1),
-            },
-        )
-        pipe.expire(self.key, ttl)
-        pipe.expire(self.executions_key, ttl)
-        for item in running:
-            pipe.hset(item.job.key, "last_heartbeat", stamp)
-            pipe.hset(item.execution.key, "last_heartbeat", time.time())
-        pipe.execute()
+        job = AcmeqJob(started.job_id, connection=self.connection, serializer=JSONSerializer)
+        composite = f"{started.job_id}:{started.exec_id}"
+        with self.connection.pipeline() as pipe:
+            pipe.hset(job.key, mapping={"status": JobStatus.FAILED.value, "exc_info": exc_string})
+            pipe.zrem(self.queue_obj.started_job_registry.key, composite)
+            pipe.delete(f"rq:execution:{composite}")
+            pipe.srem(self.executions_key, composite)
+            pipe.zadd(
+                FailedJobRegistry(self.opts.queue, connection=self.connection).key,
+                {started.job_id: time.time() + 7 * 24 * 3600},
+            )
+            pipe.hincrby(self.key, "failed_job_count", 1)
+            pipe.execute()
+        self.metrics.record(time.time(), self.opts.queue, "?", 0.0, ok=False)
 
-    def _enforce_deadlines(self, now: float) -> None:
-        if self.opts.mode != "threads":
-            return  # inline: SIGALRM; fork: the parent's wait loop
-        with self._lock:
-            overdue = [
-                r
-                for r in self._running.values()
-                if r.deadline and now > r.deadline and r.performing
-            ]
-        for item in overdue:
-            item.deadline = 0.0
-            raise_in_thread(item.thread_id, JobTimeoutException)
 
-    def _enforce_cancels(self) -> None:
-        """Stop running jobs whose cancel grace period is over (`acmeq job cancel`)."""
-        with self._lock:
-            running = {r.job.id: r for r in self._running.values()}
-        if not running:
-            return
-        from acmeq.progress import JobCancelled, stop_requested
+def _status_text(status: JobStatus | None) -> str:
+    return status.value if isinstance(status, JobStatus) else str(status or "")
 
-        now = time.monotonic()
-        for job_id in stop_requested(self.connection, running) - self._force_stop:
-            # A tracked job is stopped by its own tracker when the grace period ends; the worker
-            # steps in only for a job still running FORCE_STOP_AFTER_S later (an untracked job).
-            first = self._stop_seen.setdefault(job_id, now)
-            if now - first < FORCE_STOP_AFTER_S:
-                continue
-            item = running[job_id]
-            self._force_stop.add(job_id)
-            log.warning("job %s did not stop after its cancel grace period: stopping it", job_id)
-            if self._horse_pid:
-                continue  # fork: the parent's wait loop kills the horse
-            if item.performing:
-                raise_in_thread(item.thread_id, JobCancelled)
-        for job_id in list(self._stop_seen):
-            if job_id not in running:
-                del self._stop_seen[job_id]
 
-    def _enforce_memory(self) -> None:
-        rss = self._rss_mb()
-        if rss <= self.opts.memory_mb * MEMORY_HARD_FACTOR:
-            return
-        reason = (
-            f"MemoryLimitExceeded: memory limit {self.opts.memory_mb} MB exceeded "
-            f"(RSS {rss:.0f} MB)"
-        )
-        log.error("%s: failing the running jobs and exiting", reason)
-        if self._horse_pid:
-            # Fork: the parent is free; it records the failure when it reaps the child.
-            self._memory_reason = reason
-            with contextlib.suppress(OSError):
-                os.kill(self._horse_pid, signal.SIGKILL)
-            return
-        with self._lock:
-            running = list(self._running.values())
-        for item in running:
-            # A memory hog fails for good: retrying would only kill the next worker too.
-            with contextlib.suppress(Exception):
-                self._record_failure(item.job, item.execution, reason, retry=False)
-        with contextlib.suppress(redis.RedisError):
-            self.register_death()
-        os._exit(int(WorkerExit.MEMORY_LIMIT))
+def job_name_of(job: AcmeqJob) -> str:
+    from acmeq.worker.hooks import job_name
+
+    return job_name(job)
+
+
+def _boot(opts: WorkerOptions) -> AcmeqWorker | int:
+    """Settings, job modules, Redis (waited for), the worker object; or an exit code."""
+    try:
+        # Any failure here but Redis is BOOT_ERROR, which makes the master halt the pool
+        # instead of respawning a worker that can never start.
+        from acmeq.config.settings import process_settings
+        from acmeq.queues import registry_for
+        from acmeq.storage.redis_client import connect
+
+        settings = process_settings()
+        registry_for(settings)
+        connection = connect(settings)
+    except Exception as exc:
+        return _boot_error(opts, f"cannot boot: {type(exc).__name__}: {exc}")
+    give_up = time.monotonic() + BOOT_REDIS_WAIT_S
+    delay = 0.1
+    while True:
+        try:
+            connection.ping()
+            return AcmeqWorker(opts, settings, connection)
+        except redis.RedisError as exc:
+            if time.monotonic() >= give_up:
+                message = f"Redis unreachable: {type(exc).__name__}: {exc}"
+                _boot_error(opts, message)
+                return int(WorkerExit.REDIS_UNAVAILABLE)
+        time.sleep(delay)
+        delay = min(delay * 2, 2.0)
+
+
+def _boot_error(opts: WorkerOptions, message: str) -> int:
+    sys.stderr.write(f"acmeq worker: {message}\n")
+    if opts.boot_report:
+        with contextlib.suppress(OSError):
+            Path(opts.boot_report).write_text(message)
+    return int(WorkerExit.BOOT_ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of a worker process; returns a :class:`WorkerExit` code."""
+    # First of all: die with the master (set here, not by the master's preexec_fn, which is
+    # unsafe while the master runs other threads).
+    ppid = os.getppid()
+    set_parent_death_signal(signal.SIGTERM)
+    if os.getppid() != ppid:
+        return int(WorkerExit.OK)  # the master died while this process started
     parser = argparse.ArgumentParser(prog="acmeq.worker")
     parser.add_argument("options", help="WorkerOptions as JSON")
     args = parser.parse_args(argv)
@@ -587,25 +596,15 @@ def main(argv: list[str] | None = None) -> int:
         level=opts.log_level,
         format=f"%(asctime)s worker[{os.getpid()}] {opts.queue} %(levelname)s %(message)s",
     )
+    worker = _boot(opts)
+    if isinstance(worker, int):
+        return worker
     try:
-        # Boot: settings, job modules and Redis. Any failure here is BOOT_ERROR, which makes the
-        # supervisor halt the pool instead of respawning a worker that can never start.
-        from acmeq.config.settings import process_settings
-        from acmeq.queues import registry_for
-        from acmeq.storage.redis_client import connect_checked
-
-        settings = process_settings()
-        registry_for(settings)
-        connection = connect_checked(settings)
-        worker = AcmeqWorker(opts, settings, connection)
-    except Exception as exc:
-        message = f"cannot boot: {type(exc).__name__}: {exc}"
-        sys.stderr.write(f"acmeq worker: {message}\n")
-        if opts.boot_report:
-            with contextlib.suppress(OSError):
-                Path(opts.boot_report).write_text(message)
-        return int(WorkerExit.BOOT_ERROR)
-    return int(worker.run())
+        return int(worker.run())
+    except redis.RedisError as exc:
+        # Redis went away during registration: transient for the master.
+        sys.stderr.write(f"acmeq worker: Redis unreachable: {exc}\n")
+        return int(WorkerExit.REDIS_UNAVAILABLE)
 
 
 if __name__ == "__main__":

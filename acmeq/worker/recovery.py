@@ -7,42 +7,48 @@ the parent of its workers, recovers a crashed worker's jobs the moment it reaps 
 - :func:`recover_dead_worker`: a worker died (kill -9, OOM, segfault): each job it had started is
   retried per its queue's tries (with the queue's backoff) or failed, and the worker is
   deregistered from RQ's worker registry;
-- :func:`maintain_queue`: RQ's StartedJobRegistry cleanup (abandoned jobs of workers on other
-  hosts, found by their expired heartbeat), and ids left in ``<queue>:intermediate`` by a worker
-  that died between its BLMOVE and its start script are put back at the head of the queue;
-- :class:`Scheduler`: moves due jobs from RQ's ScheduledJobRegistry (delayed retries,
-  ``enqueue_at``/``enqueue_in``) onto their queues, under RQ's per-queue scheduler lock.
+- :func:`maintain_queue`: RQ's ``clean_registries`` (abandoned started jobs of workers on other
+  hosts, expired entries, stranded dependents, groups), and ids left in ``<queue>:intermediate``
+  by a worker that died between its BLMOVE and its start script are put back at the head of
+  the queue;
+- :func:`recover_lost_workers`: jobs whose worker stopped heartbeating (it died with its master,
+  or its host died) are recovered about a minute later, whatever the job's timeout.
+
+The scheduler the master runs is in :mod:`acmeq.master.scheduler`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 import redis
 from rq import Queue
 from rq.exceptions import NoSuchJobError
+from rq.group import Group
 from rq.job import JobStatus
 from rq.job_lifecycle import record_job_failure
-from rq.registry import StartedJobRegistry
-from rq.scheduler import RQScheduler
+from rq.registry import clean_registries
 from rq.serializers import JSONSerializer
 from rq.utils import now
+from rq.worker_registration import clean_worker_registry
 
 from acmeq.config.settings import Settings
 from acmeq.constants import KEY_PREFIX
-from acmeq.observability import metrics
 from acmeq.ops import failure_log as failures
 from acmeq.queues import AcmeqJob
 from acmeq.storage.redis_client import text
-from acmeq.worker.fastpath import STATS_KEY
+from acmeq.worker.hooks import job_name
+from acmeq.worker.metrics_buffer import MetricsBuffer
 
 log = logging.getLogger("acmeq.worker.recovery")
 
 # An id that sits in the intermediate list this long without being started is stuck (a worker
 # moves it out within milliseconds).
 INTERMEDIATE_STUCK_S = 10.0
+GROUP_CLEAN_EVERY_S = 30  # group registries are shared by every queue: one pass per 30 s
 _SEEN_KEY = KEY_PREFIX + "intermediate-seen:{queue}"
 
 
@@ -56,18 +62,23 @@ def recover_dead_worker(
     queue_name: str,
     reason: str,
     settings: Settings | None = None,
+    composites: Iterable[str] = (),
 ) -> list[str]:
     """Retry or fail every job the dead worker had started; return their ids.
+
+    ``composites`` adds executions (``<job id>:<execution id>``) known to be the worker's
+    beyond its executions set (which may have expired with the worker's keys).
 
     With ``settings``, jobs failed for good are also recorded in SQL (``failed_jobs``). Their
     progress records (jobs that track progress) end too: failed, or pending when retried; the
     database is the one of ``settings`` (default: this process's settings).
     """
     executions_key = f"rq:worker:{worker_name}:executions"
-    composites = [text(c) for c in connection.smembers(executions_key)]
+    composites = sorted({text(c) for c in connection.smembers(executions_key)} | set(composites))
     queue = _queue(queue_name, connection)
     recovered: list[str] = []
     retried: list[str] = []
+    counted = MetricsBuffer()  # failures are counted by the same code as in the worker
     failed_for_good: list[tuple[AcmeqJob, str]] = []
     for composite in composites:
         job_id, _, exec_id = composite.rpartition(":")
@@ -88,12 +99,13 @@ def recover_dead_worker(
                 else:
                     record_job_failure(job, exc_string, pipe)
                     failed_for_good.append((job, exc_string))
-                pipe.hincrby(STATS_KEY.format(queue=queue_name), "failed", 1)
                 ran = (job.ended_at - job.started_at).total_seconds() if job.started_at else 0.0
-                metrics.record_failure(pipe, time.time(), queue_name, job.description or "?", ran)
+                counted.record(time.time(), queue_name, job_name(job), ran, ok=False)
                 recovered.append(job_id)
             pipe.execute()
     deregister_worker(connection, worker_name, queue_name)
+    with contextlib.suppress(redis.RedisError):
+        counted.flush(connection)
     if settings is not None:
         for job, exc_string in failed_for_good:
             failures.record_permanent(settings, job, exc_string)
@@ -139,11 +151,23 @@ def deregister_worker(connection: redis.Redis, worker_name: str, queue_name: str
 
 
 def maintain_queue(connection: redis.Redis, queue_name: str) -> None:
-    """Clean abandoned jobs (expired heartbeats) and recover ids stuck in the intermediate list."""
+    """What RQ's workers do in ``clean_registries`` (every 600 s there; every few seconds
+    here), then recover ids stuck in the intermediate list.
+
+    RQ's part, under RQ's per-queue maintenance lock: expired finished and failed entries,
+    abandoned started jobs (expired heartbeats: retried or failed, failure callbacks through
+    the allowlist), expired deferred entries, dependents stranded in the ReadyJobRegistry,
+    rate-limit registries, dead workers in the queue's worker set, and the group registries.
+    """
     queue = _queue(queue_name, connection)
-    StartedJobRegistry(
-        queue_name, connection=connection, job_class=AcmeqJob, serializer=JSONSerializer
-    ).cleanup()
+    if queue.acquire_maintenance_lock():
+        try:
+            clean_registries(queue)
+            clean_worker_registry(queue)
+        finally:
+            queue.release_maintenance_lock()
+    if Group.acquire_maintenance_lock(connection, GROUP_CLEAN_EVERY_S):
+        Group.clean_registries(connection=connection)
     stuck = [text(j) for j in connection.lrange(queue.intermediate_queue_key, 0, -1)]
     seen_key = _SEEN_KEY.format(queue=queue_name)
     if not stuck:
@@ -169,24 +193,46 @@ def maintain_queue(connection: redis.Redis, queue_name: str) -> None:
     pipe.execute()
 
 
-class Scheduler:
-    """Enqueues due scheduled jobs of the given queues (RQ's scheduler, run in-process)."""
+# A running job's execution heartbeat is refreshed every 10 s by its worker's watchdog; this
+# long without one, its worker is dead (the master that started it died with it, or its host).
+HEARTBEAT_LOST_S = 60.0
 
-    def __init__(self, queues: Iterable[str], connection: redis.Redis, name: str) -> None:
-        self._rq = RQScheduler(
-            list(queues), connection=connection, serializer=JSONSerializer, name=name
-        )
-        self._rq._connection = connection  # type: ignore[assignment]
-        self._locked_at = 0.0
 
-    def tick(self) -> None:
-        # Locks are refreshed every 30 s; RQ's lock TTL is interval + 60 s.
-        if time.monotonic() - self._locked_at > 30:
-            self._rq.acquire_locks()
-            self._locked_at = time.monotonic()
-        if self._rq.acquired_locks:
-            self._rq.enqueue_scheduled_jobs()
+def recover_lost_workers(
+    connection: redis.Redis,
+    queue_name: str,
+    alive: Collection[str],
+    settings: Settings | None = None,
+    lost_after: float = HEARTBEAT_LOST_S,
+) -> list[str]:
+    """Recover the jobs of workers (not in ``alive``) whose executions on ``queue_name`` have
+    not heartbeated for ``lost_after`` seconds; return the recovered job ids.
 
-    def stop(self) -> None:
-        if self._rq.acquired_locks:
-            self._rq.release_locks()
+    The caller must have reached Redis for a while: right after an outage every heartbeat looks
+    old until the workers' next beat.
+    """
+    members: list[bytes] = connection.zrange(f"rq:wip:{queue_name}", 0, -1)  # type: ignore[assignment]
+    composites = [text(c) for c in members]
+    if not composites:
+        return []
+    pipe = connection.pipeline(transaction=False)
+    for composite in composites:
+        pipe.hmget(f"rq:execution:{composite}", ["worker_name", "last_heartbeat"])
+    lost: dict[str, list[str]] = {}
+    newest: dict[str, float] = {}
+    replies: list[list[bytes | None]] = pipe.execute()
+    for composite, (raw_worker, beat) in zip(composites, replies, strict=True):
+        if not raw_worker or beat is None:
+            continue  # no execution hash: RQ's cleanup handles it by its registry score
+        name = text(raw_worker)
+        lost.setdefault(name, []).append(composite)
+        newest[name] = max(newest.get(name, 0.0), float(beat))
+    recovered: list[str] = []
+    stamp = time.time()
+    for worker, mine in lost.items():
+        age = stamp - newest[worker]
+        if worker in alive or age < lost_after:
+            continue
+        reason = f"worker {worker} stopped heartbeating {age:.0f} s ago"
+        recovered += recover_dead_worker(connection, worker, queue_name, reason, settings, mine)
+    return recovered

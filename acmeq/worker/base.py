@@ -1,0 +1,167 @@
+"""The worker's state shared by its parts: options, the fast path, the running jobs, the stop
+flags, the metrics buffer, the liveness file and the Redis outage tracker.
+
+:class:`WorkerBase` is an RQ ``SimpleWorker`` (so RQ's own success, failure, retry, callback and
+webhook code runs on it unchanged); :mod:`acmeq.worker.recording` and
+:mod:`acmeq.worker.process` build on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+import redis
+from rq import SimpleWorker
+from rq.executions import Execution
+from rq.serializers import JSONSerializer
+from rq.timeouts import (
+    BaseDeathPenalty,
+    JobTimeoutException,
+    TimerDeathPenalty,
+    UnixSignalDeathPenalty,
+)
+
+from acmeq.config.settings import Settings
+from acmeq.constants import PAUSED_QUEUE_KEY, PAUSED_SUPERVISOR_KEY, WorkerExit
+from acmeq.queues import AcmeqJob
+from acmeq.worker.fastpath import FastPath
+from acmeq.worker.liveness import Liveness
+from acmeq.worker.metrics_buffer import MetricsBuffer
+from acmeq.worker.options import WorkerOptions
+from acmeq.worker.outage import Outage
+from acmeq.worker.states import DEFAULT_JOB_TIMEOUT_S, ExecutionModel, StopMode
+
+
+class ShutdownInterrupt(Exception):
+    """Raised inside a running job by a fast stop (second SIGTERM, or SIGINT)."""
+
+
+class MemoryLimitExceeded(Exception):
+    """Recorded as the failure of a job that drove the worker far past its memory limit."""
+
+
+class StopJobRequested(Exception):
+    """Raised inside a running job by RQ's stop-job command (the job ends STOPPED)."""
+
+
+class AnyThreadDeathPenalty(BaseDeathPenalty):
+    """RQ's timeouts in any thread: SIGALRM in the main thread (as RQ's workers), a timer that
+    raises asynchronously elsewhere (callbacks of threads-mode jobs run in job threads)."""
+
+    def __init__(self, timeout: Any, exception: Any = JobTimeoutException, **kwargs: Any) -> None:
+        super().__init__(timeout, exception, **kwargs)  # type: ignore[no-untyped-call]
+        cls = (
+            UnixSignalDeathPenalty
+            if threading.current_thread() is threading.main_thread()
+            else TimerDeathPenalty
+        )
+        self._impl = cls(timeout, exception, **kwargs)
+
+    def setup_death_penalty(self) -> None:
+        self._impl.setup_death_penalty()  # type: ignore[no-untyped-call]
+
+    def cancel_death_penalty(self) -> None:
+        self._impl.cancel_death_penalty()  # type: ignore[no-untyped-call]
+
+
+@dataclass
+class Running:
+    """A job this process is running."""
+
+    job: AcmeqJob
+    execution: Execution
+    thread_id: int
+    timeout: int  # s; <= 0: none
+    deadline: float  # monotonic; 0: no timeout
+    started_ts: float
+    rss_at_start: float = 0.0  # MB (threads: the culprit of a memory hog grew the most)
+    slow: bool = False  # needs RQ's success handling (callbacks, webhooks, repeats ...)
+    performing: bool = False  # inside the job function (a fast stop may interrupt it)
+    # Set by whoever records the outcome first (the job's thread, or the watchdog at a
+    # deadline / memory kill in threads mode); the other side then records nothing.
+    claimed: bool = False
+    abandoned_at: float = 0.0  # monotonic: the watchdog failed it; its thread should end
+    interrupts: list[str] = field(default_factory=list)
+
+
+class WorkerBase(SimpleWorker):
+    """An RQ worker for one queue; the state every part of acmeq's worker shares."""
+
+    death_penalty_class = AnyThreadDeathPenalty
+
+    def __init__(self, opts: WorkerOptions, settings: Settings, connection: redis.Redis) -> None:
+        prefix = opts.name or socket.gethostname()
+        super().__init__(
+            [opts.queue],
+            name=f"{prefix}.{os.getpid()}",
+            connection=connection,
+            job_class=AcmeqJob,
+            serializer=JSONSerializer,
+        )
+        self.opts = opts
+        self.mode = ExecutionModel(opts.mode)
+        self.settings = settings
+        pause = [PAUSED_QUEUE_KEY.format(queue=opts.queue)]
+        if opts.master and opts.supervisor:
+            pause.append(
+                PAUSED_SUPERVISOR_KEY.format(master=opts.master, supervisor=opts.supervisor)
+            )
+        self.fast = FastPath(connection, opts.queue, self.name, pause, opts.timeout)
+        # Every pooled connection carries the worker's name (RQ names only the first), so
+        # `CLIENT LIST` shows which worker holds a blocking BLMOVE or a slow script.
+        connection.connection_pool.connection_kwargs["client_name"] = self.name
+        self.queue_obj = self.queues[0]
+        self.process = psutil.Process()
+        self.started_mono = time.monotonic()
+        self.jobs_done = 0
+        self.jobs_taken = 0
+        self.exit_code = WorkerExit.OK
+        self.stop_mode = StopMode.NONE
+        self._stop = threading.Event()  # graceful: take no new job
+        self._lock = threading.Lock()
+        self._running: dict[str, Running] = {}  # execution id -> running job
+        self._memory_reason = ""  # set by the watchdog when it killed a forked job for memory
+        self._force_stop: set[str] = set()  # jobs being stopped by force after a cancel
+        self._stop_seen: dict[str, float] = {}  # job id -> when its stop request was first seen
+        self._stop_job_ids: set[str] = set()  # RQ stop-job commands received
+        self._killed_horse = False  # RQ kill-horse command received
+        self._rq_lock = threading.Lock()  # RQ's _stopped_job_id is one field per worker
+        self.metrics = MetricsBuffer(
+            settings.metrics_minute_retention, settings.metrics_hour_retention
+        )
+        self.liveness = Liveness(opts.heartbeat_file)
+        self.outage = Outage(self._stop, self.liveness.alive)
+
+    @property
+    def fast_stop(self) -> bool:
+        return self.stop_mode == StopMode.FAST
+
+    def timeout_of(self, job: AcmeqJob) -> int:
+        """The job's timeout in this worker (the override, the job's own, or the default)."""
+        return int(self.opts.timeout or job.timeout or DEFAULT_JOB_TIMEOUT_S)
+
+    def rss_mb(self) -> float:
+        rss = self.process.memory_info().rss
+        if self.mode == ExecutionModel.FORK:
+            with contextlib.suppress(psutil.Error):
+                rss = max([rss] + [c.memory_info().rss for c in self.process.children()])
+        return float(rss) / (1024 * 1024)
+
+    def running(self) -> list[Running]:
+        with self._lock:
+            return list(self._running.values())
+
+    def claim(self, item: Running) -> bool:
+        """Take the right to record ``item``'s outcome (exactly one side gets it)."""
+        with self._lock:
+            if item.claimed:
+                return False
+            item.claimed = True
+            return True

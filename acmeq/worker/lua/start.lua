@@ -1,0 +1,23 @@
+-- start.lua: take the next job of a queue (or the one a BLMOVE already moved) and mark it
+-- started exactly where RQ's worker does (execution record, rq:wip, worker hash, job hash).
+--
+-- KEYS: none. The job id is only known inside the script (LPOP), so keys are computed here;
+--       acmeq refuses Redis Cluster anyway (RQ needs multi-key operations on one node).
+--
+-- ARGV (acmeq.worker.fastpath.StartArgs, in field order):
+--   | #  | name             | meaning                                                        |
+--   |----|------------------|----------------------------------------------------------------|
+--   | 1  | queue            | queue name (rq:queue:<queue>)                                  |
+--   | 2  | worker           | RQ worker name (rq:worker:<worker>)                            |
+--   | 3  | now_iso          | now, RQ's ISO format (started_at, last_heartbeat)              |
+--   | 4  | now_ts           | now, epoch seconds (execution created_at, registry scores)     |
+--   | 5  | exec_id          | execution id to start the job under                            |
+--   | 6  | job_id           | id already moved by BLMOVE into :intermediate; '' = LPOP       |
+--   | 7  | pause_queue      | acmeq's pause key of the queue                                 |
+--   | 8  | pause_supervisor | acmeq's pause key of the worker's supervisor; '' = none        |
+--   | 9  | timeout_override | the worker's timeout override, s; 0 = the job's own            |
+--   | 10 | default_timeout  | timeout of a job without one (DEFAULT_JOB_TIMEOUT_S)           |
+--   | 11 | no_timeout_ttl   | heartbeat TTL of a job with timeout -1 (RQ's DEFAULT_WORKER_TTL)|
+--
+-- Reply: {'paused'} | {'empty'} | {'gone', id} | {'job', id, <job hash as read before start>}
+return start(named(START_ARGS, 0))
