@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
-import select
 import signal
 import sys
 import threading
@@ -39,7 +37,6 @@ from uuid import uuid4
 
 import redis
 from rq import Retry
-from rq.exceptions import NoSuchJobError
 from rq.executions import Execution
 from rq.job import JobStatus
 from rq.serializers import JSONSerializer
@@ -56,19 +53,18 @@ from acmeq.worker.base import (
     StopJobRequested,
 )
 from acmeq.worker.fastpath import Started, encode_result, needs_slow_path
-from acmeq.worker.horse import run_horse
+from acmeq.worker.horse import perform_forked
 from acmeq.worker.options import WorkerOptions
 from acmeq.worker.osutil import format_exc, raise_in_thread, set_parent_death_signal
 from acmeq.worker.recording import RecordingWorker, runtime_of
 from acmeq.worker.states import ExecutionModel, Outcome, Reply, StopMode
-from acmeq.worker.watchdog import Watchdog, timeout_message
+from acmeq.worker.watchdog import Watchdog
 
 __all__ = ["AcmeqWorker", "WorkerOptions", "main"]
 
 log = logging.getLogger("acmeq.worker")
 
 IDLE_BLOCK_S = 1  # BLMOVE timeout: bounds how late a pause or stop is noticed while idle
-HORSE_GRACE_S = 10  # fork: the parent kills a horse this long after its own SIGALRM failed
 BOOT_REDIS_WAIT_S = 15.0  # at boot, how long to wait for Redis before REDIS_UNAVAILABLE
 _INTERRUPTS = (ShutdownInterrupt, StopJobRequested, MemoryLimitExceeded, JobTimeoutException)
 T = TypeVar("T")
@@ -322,7 +318,7 @@ class AcmeqWorker(RecordingWorker):
             self.liveness.busy(item.timeout)
         try:
             if self.mode == ExecutionModel.FORK:
-                reply = self._perform_forked(item)
+                reply = perform_forked(self, item)
             else:
                 reply = self.execute(item)
         finally:
@@ -442,95 +438,6 @@ class AcmeqWorker(RecordingWorker):
         job = item.job
         wait = item.started_ts - job.enqueued_at.timestamp() if job.enqueued_at else 0.0
         self.metrics.record(time.time(), self.opts.queue, job_name_of(job), runtime, wait)
-
-    def _perform_forked(self, item: Running) -> dict[str, Any]:
-        read_fd, write_fd = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # child: run the job, report through the pipe, never return
-            run_horse(self, item, read_fd, write_fd)
-        os.close(write_fd)
-        self._horse_pid = pid
-        timeout = item.timeout
-        deadline = time.monotonic() + timeout + HORSE_GRACE_S if timeout > 0 else None
-        timed_out = False
-        chunks: list[bytes] = []
-        with os.fdopen(read_fd, "rb") as pipe:
-            while True:
-                if deadline is not None and time.monotonic() > deadline:
-                    timed_out = True  # its own SIGALRM did not end it: the parent does
-                    with contextlib.suppress(OSError):
-                        os.kill(pid, signal.SIGKILL)
-                if self.fast_stop or item.job.id in self._force_stop:
-                    # A fast stop or a forced cancel that raced the fork: end the horse now.
-                    with contextlib.suppress(OSError):
-                        os.kill(pid, signal.SIGKILL)
-                ready, _, _ = select.select([pipe], [], [], 0.2)
-                if ready:
-                    chunks.append(pipe.read())
-                    break
-        _, status = os.waitpid(pid, 0)
-        self._horse_pid = 0
-        raw = b"".join(chunks)
-        if raw:
-            reply: dict[str, Any] = json.loads(raw)
-            return reply
-        return self._horse_died(item, status, timed_out)
-
-    def _horse_died(self, item: Running, status: int, timed_out: bool) -> dict[str, Any]:
-        """Record the job of a horse that ended without reporting (killed, crashed)."""
-        job = item.job
-        memory = bool(self._memory_reason)
-        if memory:
-            outcome, exc_string = Outcome.MEMORY, self._memory_reason
-            self._memory_reason = ""
-        elif job.id in self._stop_job_ids:
-            outcome, exc_string = Outcome.STOPPED, ""
-        elif job.id in self._force_stop:
-            outcome = Outcome.FAILED
-            exc_string = "JobCancelled: stopped by force after the cancel grace period"
-        elif timed_out:
-            outcome = Outcome.TIMEOUT
-            exc_string = f"JobTimeoutException: {timeout_message(item.timeout)}"
-        else:
-            outcome = Outcome.FAILED
-            sig = f" (signal {os.WTERMSIG(status)})" if os.WIFSIGNALED(status) else ""
-            exc_string = f"Work-horse terminated unexpectedly; waitpid returned {status}{sig}; "
-        try:
-            # The horse may have saved meta or recorded the outcome before it died: read the
-            # job afresh instead of overwriting it with this process's stale copy.
-            self.redis_retry(job.refresh)
-        except NoSuchJobError:
-            return {"outcome": Outcome.HANDLED, "recorded": False}
-        job.worker_name = self.name
-        if job.get_status(refresh=False) in (JobStatus.FINISHED, JobStatus.FAILED):
-            return {"outcome": Outcome.HANDLED, "recorded": False}
-        job.ended_at = datetime.now(UTC)
-        exc_string = self.redis_retry(
-            lambda: self.record_failure_string(job, item.execution, exc_string, outcome)
-        )
-        reply = self._handled(item, False, exc_string)
-        reply["memory"] = memory
-        return reply
-
-    def _fail_unreadable(self, started: Started, exc_string: str) -> None:
-        """A job hash the worker cannot even load: fail it (one failed-registry entry)."""
-        log.error("job %s cannot be read: %s", started.job_id, exc_string.strip().splitlines()[-1])
-        from rq.registry import FailedJobRegistry
-
-        job = AcmeqJob(started.job_id, connection=self.connection, serializer=JSONSerializer)
-        composite = f"{started.job_id}:{started.exec_id}"
-        with self.connection.pipeline() as pipe:
-            pipe.hset(job.key, mapping={"status": JobStatus.FAILED.value, "exc_info": exc_string})
-            pipe.zrem(self.queue_obj.started_job_registry.key, composite)
-            pipe.delete(f"rq:execution:{composite}")
-            pipe.srem(self.executions_key, composite)
-            pipe.zadd(
-                FailedJobRegistry(self.opts.queue, connection=self.connection).key,
-                {started.job_id: time.time() + 7 * 24 * 3600},
-            )
-            pipe.hincrby(self.key, "failed_job_count", 1)
-            pipe.execute()
-        self.metrics.record(time.time(), self.opts.queue, "?", 0.0, ok=False)
 
 
 def _status_text(status: JobStatus | None) -> str:

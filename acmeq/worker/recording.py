@@ -15,12 +15,13 @@ import logging
 import time
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rq.callbacks import execute_stopped_callback
 from rq.executions import Execution
 from rq.job import JobStatus
 from rq.job_lifecycle import format_exc_info
+from rq.serializers import JSONSerializer
 from rq.utils import now as rq_now
 
 from acmeq.ops import failure_log as failures
@@ -28,6 +29,9 @@ from acmeq.queues import AcmeqJob
 from acmeq.worker.base import WorkerBase
 from acmeq.worker.hooks import cancel_requested, end_progress, job_name
 from acmeq.worker.states import Outcome
+
+if TYPE_CHECKING:
+    from acmeq.worker.fastpath import Started
 
 log = logging.getLogger("acmeq.worker")
 
@@ -144,6 +148,26 @@ class RecordingWorker(WorkerBase):
             busy = bool(self._running)
         if not busy:
             self.set_state("idle")
+
+    def _fail_unreadable(self, started: Started, exc_string: str) -> None:
+        """A job hash the worker cannot even load: fail it (one failed-registry entry)."""
+        log.error("job %s cannot be read: %s", started.job_id, exc_string.strip().splitlines()[-1])
+        from rq.registry import FailedJobRegistry
+
+        job = AcmeqJob(started.job_id, connection=self.connection, serializer=JSONSerializer)
+        composite = f"{started.job_id}:{started.exec_id}"
+        with self.connection.pipeline() as pipe:
+            pipe.hset(job.key, mapping={"status": JobStatus.FAILED.value, "exc_info": exc_string})
+            pipe.zrem(self.queue_obj.started_job_registry.key, composite)
+            pipe.delete(f"rq:execution:{composite}")
+            pipe.srem(self.executions_key, composite)
+            pipe.zadd(
+                FailedJobRegistry(self.opts.queue, connection=self.connection).key,
+                {started.job_id: time.time() + 7 * 24 * 3600},
+            )
+            pipe.hincrby(self.key, "failed_job_count", 1)
+            pipe.execute()
+        self.metrics.record(time.time(), self.opts.queue, "?", 0.0, ok=False)
 
 
 def runtime_of(job: AcmeqJob) -> float:
