@@ -1,0 +1,519 @@
+"""Mail: real SMTP (aiosmtpd on loopback), the outbox, templates per locale, exactly-once sends.
+
+The SMTP server runs in this process on a free loopback port and records every message it
+accepts (envelope and content). Jobs run the way production runs them: enqueued on Redis and
+executed by a real master with real worker processes, which read the same acmeq.toml and
+DATABASE_URL as the test.
+"""
+
+from __future__ import annotations
+
+import email
+import itertools
+import json
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from email.message import Message
+from email.policy import default as default_policy
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import redis
+import sqlalchemy as sa
+from aiosmtpd.controller import Controller
+from master_support import MasterStarter
+from sqlalchemy.engine import Engine
+
+import acmeq.config.settings as settings_module
+from acmeq.config.settings import Settings
+from acmeq.mail import enqueue_email, store
+from acmeq.mail.jobs import run_send_email
+from acmeq.mail.notifications import (
+    confirmation_number,
+    organizer_notification,
+    payment_confirmation,
+    valid_confirmation_number,
+)
+from acmeq.mail.render import money
+from acmeq.queues import Enqueuer
+from acmeq.storage.models import Campaign, Company, Donation, FailedEmail, User
+
+from conftest import free_port, run_cli, wait_until
+
+NBSP = "\u00a0"
+
+CONFIG = """
+[scheduler]
+enabled = false
+
+[queues.notifications]
+backoff = [2, 2]          # 3 tries, 2 s apart (the seed's 15/30 s would make a slow test)
+
+[profiles.mail.supervisors.notifications]
+queues = ["notifications"]
+balance = "off"
+min_processes = 2
+max_processes = 2
+
+[profiles.mail.supervisors.bulk]
+queues = ["bulk"]
+balance = "off"
+min_processes = 1
+max_processes = 1
+"""
+
+
+# -- an SMTP server on loopback --------------------------------------------------------------------
+
+
+@dataclass
+class Received:
+    rcpt_tos: list[str]
+    message: Message
+
+
+@dataclass
+class Recorder:
+    """An aiosmtpd handler that keeps what it accepts, or refuses every recipient."""
+
+    refuse: bool = False
+    messages: list[Received] = field(default_factory=list)
+    refusals: list[float] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: Any
+    ) -> str:
+        if self.refuse:
+            with self.lock:
+                self.refusals.append(time.monotonic())
+            return "550 5.1.1 mailbox unavailable"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        msg = email.message_from_bytes(envelope.content, policy=default_policy)
+        with self.lock:
+            self.messages.append(Received(list(envelope.rcpt_tos), msg))
+        return "250 OK"
+
+    def recipients(self) -> Counter[str]:
+        with self.lock:
+            return Counter(r for m in self.messages for r in m.rcpt_tos)
+
+
+@dataclass
+class Smtp:
+    port: int
+    handler: Recorder
+
+
+def _serve(handler: Recorder) -> Iterator[Smtp]:
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield Smtp(port, handler)
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def smtp() -> Iterator[Smtp]:
+    yield from _serve(Recorder())
+
+
+@pytest.fixture
+def refusing_smtp() -> Iterator[Smtp]:
+    yield from _serve(Recorder(refuse=True))
+
+
+# -- settings, database, data ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def mail_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, engine: Engine, database_url: str
+) -> Path:
+    """acmeq.toml in the working directory, the test database as DATABASE_URL."""
+    (tmp_path / "acmeq.toml").write_text(CONFIG)
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setattr(settings_module, "_process_settings", None)
+    return tmp_path / "acmeq.toml"
+
+
+def use_smtp(monkeypatch: pytest.MonkeyPatch, server: Smtp) -> None:
+    monkeypatch.setenv("ACMEQ_MAIL_SMTP_HOST", "127.0.0.1")
+    monkeypatch.setenv("ACMEQ_MAIL_SMTP_PORT", str(server.port))
+    monkeypatch.setattr(settings_module, "_process_settings", None)
+
+
+def insert(engine: Engine, model: Any, rows: list[dict[str, Any]]) -> list[int]:
+    table = model.__table__
+    now = datetime.now(UTC)
+    for row in rows:
+        for col in ("created_at", "updated_at"):
+            if col in table.c:
+                row.setdefault(col, now)
+    with engine.begin() as conn:
+        conn.execute(table.insert(), rows)
+        ids = conn.execute(sa.select(table.c.id).order_by(table.c.id.desc()).limit(len(rows)))
+        return sorted(int(i) for i in ids.scalars())
+
+
+def seed(engine: Engine, employees: int = 3, anonymous: bool = False) -> dict[str, Any]:
+    """A company, an organizer, employees (nl, de, fr ...) and one campaign with a donation."""
+    [company] = insert(engine, Company, [{"name": "Acme", "currency": "EUR"}])
+    [organizer] = insert(
+        engine,
+        User,
+        [
+            {
+                "email": "olga@acme.example",
+                "name": "Olga Organizer",
+                "role": "organizer",
+                "company_id": company,
+                "locale": "en",
+            }
+        ],
+    )
+    locales = ["nl", "de", "fr", "en"]
+    staff = insert(
+        engine,
+        User,
+        [
+            {
+                "email": f"e{i:05d}@acme.example",
+                "name": f"Employee {i}",
+                "role": "employee",
+                "company_id": company,
+                "locale": locales[i % 4],
+            }
+            for i in range(employees)
+        ],
+    )
+    [campaign] = insert(
+        engine,
+        Campaign,
+        [
+            {
+                "title": "Clean Water",
+                "goal_minor": 1_000_000,
+                "currency": "EUR",
+                "raised_minor": 123_456,
+                "donation_count": 1,
+                "status": "active",
+                "end_date": date.today() + timedelta(days=2),
+                "organizer_id": organizer,
+                "company_id": company,
+            }
+        ],
+    )
+    [donation] = insert(
+        engine,
+        Donation,
+        [
+            {
+                "campaign_id": campaign,
+                "donor_id": staff[0],
+                "amount_minor": 123_456,
+                "currency": "EUR",
+                "status": "completed",
+                "gateway": "stripe",
+                "anonymous": anonymous,
+                "donor_locale": "nl",
+                "matched_minor": 50_000,
+                "completed_at": datetime.now(UTC),
+            }
+        ],
+    )
+    return {"company": company, "campaign": campaign, "donation": donation, "staff": staff}
+
+
+def text_of(msg: Message) -> str:
+    part = msg.get_body(preferencelist=("plain",))  # type: ignore[attr-defined]
+    return str(part.get_content())
+
+
+# -- 1. one message: attachments, cc/bcc, locale ---------------------------------------------------
+
+
+def test_money_is_written_the_way_each_locale_writes_it() -> None:
+    assert money(123456, "EUR", "nl") == f"€{NBSP}1.234,56"
+    assert money(123456, "EUR", "de") == f"1.234,56{NBSP}€"
+    assert money(123456, "EUR", "en") == "€1,234.56"
+    assert money(123456, "EUR", "fr").replace("\u202f", " ").replace(NBSP, " ") == "1 234,56 €"
+
+
+def test_a_message_with_an_attachment_cc_and_bcc_arrives_once_in_dutch(
+    mail_env: Path, smtp: Smtp, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Given the SMTP server as the mail transport and an export file to attach
+    use_smtp(monkeypatch, smtp)
+    export = tmp_path / "donations.csv"
+    export.write_text("id,amount\n1,1234.56\n")
+    context = {
+        "donor_name": "Jan",
+        "campaign_title": "Schoon water",
+        "amount_minor": 123456,
+        "currency": "EUR",
+        "matched_minor": 0,
+        "company_name": "Acme",
+        "anonymous": False,
+        "confirmation_number": "ACME-2026-0000001-81",
+        "donated_at": "2026-12-01T10:00:00+00:00",
+    }
+    kwargs: dict[str, Any] = {
+        "to": ["jan@acme.example"],
+        "cc": ["finance@acme.example"],
+        "bcc": ["archive@acme.example"],
+        "reply_to": "giving@acme.example",
+        "template": "payment_confirmation",
+        "context": context,
+        "locale": "nl",
+        "attachments": [str(export)],
+        "message_key": "test:attachment",
+    }
+
+    # When the send_email job body runs, and runs again (a retry)
+    first = run_send_email(**kwargs)
+    second = run_send_email(**kwargs)
+
+    # Then the server got one message for the three recipients, and nothing the second time
+    assert (first["sent"], second["sent"], second["already_sent"]) == (3, 0, 3)
+    [got] = smtp.handler.messages
+    assert sorted(got.rcpt_tos) == [
+        "archive@acme.example",
+        "finance@acme.example",
+        "jan@acme.example",
+    ]
+    msg = got.message
+    assert msg["To"] == "jan@acme.example" and msg["Cc"] == "finance@acme.example"
+    assert msg["Bcc"] is None  # the blind copy is in the envelope only
+    assert msg["Reply-To"] == "giving@acme.example"
+    # and it is Dutch, with Dutch money
+    assert msg["Subject"].startswith("Bedankt voor uw donatie aan Schoon water")
+    body = text_of(msg)
+    assert f"€{NBSP}1.234,56" in body and "1 december 2026" in body
+    assert msg.get_body(preferencelist=("html",)) is not None  # type: ignore[attr-defined]
+    # and the file is attached under its name
+    [attachment] = list(msg.iter_attachments())  # type: ignore[attr-defined]
+    assert attachment.get_filename() == "donations.csv"
+    assert attachment.get_content() == "id,amount\n1,1234.56\n"
+
+
+def test_the_outbox_is_the_default_and_mail_test_writes_to_it(
+    mail_env: Path, tmp_path: Path
+) -> None:
+    result = run_cli("mail", "test", "ops@acme.example", "--locale", "de")
+    assert result.returncode == 0, result.stderr
+    assert "written to the outbox" in result.stdout
+    [eml] = list((tmp_path / "state" / "outbox").glob("*.eml"))
+    msg = email.message_from_bytes(eml.read_bytes(), policy=default_policy)
+    assert msg["Subject"] == "acmeq-Testnachricht"
+    assert msg["X-Acmeq-Envelope-To"] == "ops@acme.example"
+
+
+def test_mail_test_over_an_unreachable_server_fails_in_one_line(mail_env: Path) -> None:
+    port = free_port()
+    result = run_cli(
+        "mail",
+        "test",
+        "ops@acme.example",
+        env={"ACMEQ_MAIL_SMTP_HOST": "127.0.0.1", "ACMEQ_MAIL_SMTP_PORT": str(port)},
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"acmeq: error: smtp 127.0.0.1:{port}: Connection refused"
+
+
+def test_a_bad_address_is_a_usage_error(mail_env: Path) -> None:
+    result = run_cli("mail", "test", "not-an-address")
+    assert result.returncode == 2
+    assert "invalid e-mail address 'not-an-address'" in result.stderr
+
+
+# -- 2. donation mail -----------------------------------------------------------------------------
+
+
+def test_a_confirmation_has_a_stable_checked_number_and_the_anonymous_donor_stays_unnamed(
+    mail_env: Path, smtp: Smtp, monkeypatch: pytest.MonkeyPatch, engine: Engine
+) -> None:
+    # Given an anonymous donation by a Dutch employee
+    use_smtp(monkeypatch, smtp)
+    data = seed(engine, employees=1, anonymous=True)
+
+    # When the confirmation and the organizer's copy are sent (the confirmation twice)
+    first = payment_confirmation(data["donation"])
+    again = payment_confirmation(data["donation"])
+    organizer_notification(data["donation"])
+
+    # Then the donor got one Dutch confirmation with a valid, stable confirmation number
+    number = first["confirmation_number"]
+    assert number == again["confirmation_number"] and valid_confirmation_number(number)
+    assert not valid_confirmation_number(number[:-1] + str((int(number[-1]) + 1) % 10))
+    donor, organizer = smtp.handler.messages
+    assert donor.rcpt_tos == ["e00000@acme.example"]
+    assert number in donor.message["Subject"] and f"€{NBSP}1.234,56" in text_of(donor.message)
+    # and the organizer's copy names neither the donor nor their address
+    assert organizer.rcpt_tos == ["olga@acme.example"]
+    body = text_of(organizer.message) + str(organizer.message.get_body(("html",)))  # type: ignore[attr-defined]
+    assert "An anonymous donor donated €1,234.56" in body
+    assert "Employee 0" not in body and "e00000" not in body
+
+
+def test_confirmation_numbers_are_unique_and_readable() -> None:
+    when = datetime(2026, 5, 1, tzinfo=UTC)
+    numbers = {confirmation_number(i, when) for i in range(1, 20_001)}
+    assert len(numbers) == 20_000
+    assert confirmation_number(123, when).startswith("ACME-2026-0000123-")
+
+
+# -- 3. a refusing server: retries with the queue's backoff, then a failed-email record ----------
+
+
+@pytest.mark.timeout(90)
+def test_a_refused_mail_is_retried_with_backoff_then_recorded_and_can_be_resent(
+    mail_env: Path,
+    refusing_smtp: Smtp,
+    smtp: Smtp,
+    monkeypatch: pytest.MonkeyPatch,
+    redis_url: str,
+    tmp_path: Path,
+    engine: Engine,
+) -> None:
+    # Given a master with notification workers whose mail server refuses every recipient
+    use_smtp(monkeypatch, refusing_smtp)
+    starter = MasterStarter(tmp_path, redis_url)
+    try:
+        starter("mail", "mail-retry")
+        # When a mail is enqueued
+        job_id = enqueue_email("jan@acme.example", subject="Hello", text="Hi Jan")
+
+        # Then after three tries, 2 s apart (queues.notifications.backoff), it is recorded
+        def failed_rows() -> list[dict[str, Any]]:
+            return store.list_failed(engine)
+
+        [row] = wait_until("a failed-email record", failed_rows, timeout=60)
+        assert row["attempts"] == 3 and row["status"] == "failed"
+        assert row["to_address"] == "jan@acme.example" and row["job_id"] == job_id
+        assert "550 5.1.1 mailbox unavailable" in row["error"]
+        tries = refusing_smtp.handler.refusals
+        assert len(tries) == 3
+        # (RQ scores scheduled retries in whole seconds: a 2 s delay is 1-2 s)
+        assert all(b - a >= 1.0 for a, b in itertools.pairwise(tries)), tries
+        client = redis.Redis.from_url(redis_url)
+        assert client.hget(f"rq:job:{job_id}", "status") == b"failed"
+    finally:
+        starter.cleanup()
+
+    # When the operator lists and resends it with a working server (and a worker running)
+    listing = run_cli("mail", "failed", "--json")
+    assert listing.returncode == 0, listing.stderr
+    assert [r["id"] for r in json.loads(listing.stdout)] == [row["id"]]
+    use_smtp(monkeypatch, smtp)
+    resend = run_cli("mail", "retry", str(row["id"]))
+    assert resend.returncode == 0, resend.stderr
+    starter = MasterStarter(tmp_path, redis_url)
+    try:
+        starter("mail", "mail-resend")
+        # Then it arrives, and the record says it was resent
+        wait_until("the resent mail", lambda: smtp.handler.messages, timeout=30)
+        assert smtp.handler.messages[0].rcpt_tos == ["jan@acme.example"]
+    finally:
+        starter.cleanup()
+    assert store.list_failed(engine) == []
+    again = run_cli("mail", "retry", str(row["id"]))
+    assert "already retried" in again.stdout
+
+
+# -- 4. a 10,000-recipient fan-out, a worker killed midway ---------------------------------------
+
+
+@pytest.mark.timeout(240)
+def test_a_bulk_mailing_to_10000_employees_survives_a_killed_worker_without_duplicates(
+    mail_env: Path,
+    smtp: Smtp,
+    monkeypatch: pytest.MonkeyPatch,
+    redis_url: str,
+    tmp_path: Path,
+    engine: Engine,
+) -> None:
+    # Given 10,000 employees (and 3 more who unsubscribed) and a master with 2 notification
+    # workers and a bulk worker, sending to the SMTP server
+    use_smtp(monkeypatch, smtp)
+    data = seed(engine, employees=10_000)
+    gone = insert(
+        engine,
+        User,
+        [
+            {
+                "email": f"gone{i}@acme.example",
+                "name": "Gone",
+                "role": "employee",
+                "company_id": data["company"],
+                "unsubscribed_at": datetime.now(UTC),
+            }
+            for i in range(3)
+        ],
+    )
+    assert len(gone) == 3
+    starter = MasterStarter(tmp_path, redis_url)
+    try:
+        master = starter("mail", "mail-bulk")
+        enqueuer = Enqueuer(Settings.load(mail_env), redis.Redis.from_url(redis_url))
+
+        # When a campaign update goes to every employee
+        fanout = enqueuer.enqueue(
+            "send_bulk_notification",
+            data["campaign"],
+            "Halfway there",
+            "Thanks to you we are halfway.",
+            audience="employees",
+            batch_size=100,
+        )
+        # and a notification worker is killed with SIGKILL while mail is going out
+        wait_until("2,000 sent", lambda: sum(smtp.handler.recipients().values()) >= 2000, 120)
+        victim = _busy_notification_worker(master.workers())
+        os.kill(victim.pid, signal.SIGKILL)
+
+        # Then every subscribed employee gets the update exactly once (or, for a message the
+        # killed worker was handing over, it is recorded as uncertain and not resent)
+        everyone = {f"e{i:05d}@acme.example" for i in range(10_000)}
+
+        def settled() -> bool:
+            uncertain = _uncertain(engine)
+            return set(smtp.handler.recipients()) | uncertain >= everyone
+
+        wait_until("every employee mailed", settled, timeout=150, every=0.5)
+        counts = smtp.handler.recipients()
+        assert [r for r, n in counts.items() if n > 1] == []  # no duplicates
+        assert set(counts) <= everyone  # nobody unsubscribed, nobody else
+        assert len(_uncertain(engine)) <= 1  # the one a killed worker may have had in hand
+        result = wait_until(
+            "the fan-out's result", lambda: enqueuer.queue("bulk").fetch_job(fanout.id), 10
+        ).return_value()
+        assert result["unsubscribed_skipped"] == 3 and result["batches"] == 100
+    finally:
+        starter.cleanup()
+
+
+def _busy_notification_worker(workers: list[psutil.Process]) -> psutil.Process:
+    for proc in workers:
+        if "notifications" in " ".join(proc.cmdline()):
+            return proc
+    raise AssertionError(f"no notification worker among {[w.pid for w in workers]}")
+
+
+def _uncertain(engine: Engine) -> set[str]:
+    table = FailedEmail.__table__  # type: ignore[attr-defined]
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(table.c.to_address).where(table.c.status == "uncertain"))
+        return {r for r in rows.scalars()}
