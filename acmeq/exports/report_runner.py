@@ -150,7 +150,12 @@ def report_job(export_id: int | None, args: dict[str, Any]) -> dict[str, Any]:
     cfg = process_settings()
     engine = engine_for(cfg)
     if export_id is None:
-        period = parse_period(args.get("period"), args.get("date_from"), args.get("date_to"))
+
+        def text(key: str) -> str | None:  # `--arg period=2026` arrives as a number
+            value = args.get(key)
+            return None if value is None else str(value)
+
+        period = parse_period(text("period"), text("date_from"), text("date_to"))
         export_id = prepare_report(
             cfg, engine, args.get("report") or "", args.get("format") or "pdf", period,
             user_id=args.get("user_id"), output=args.get("output"), email=args.get("email"),
