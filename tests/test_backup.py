@@ -251,3 +251,25 @@ def test_cli_create_list_verify_restore(
     listed = runner.invoke(app, ["backup", "list", "--json"])
     assert listed.exit_code == 0, listed.output
     assert [b["name"] for b in json.loads(listed.output)["backups"]] == [name]
+
+
+def test_the_backup_database_job_exists_and_backs_up(
+    settings: Settings, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the job registry (the nightly schedule names the job)
+    from acmeq.config import settings as settings_module
+    from acmeq.jobs.maintenance import backup_database
+    from acmeq.queues import registry_for
+
+    registry = registry_for(settings)
+    assert registry.get("backup_database").queue == "maintenance"
+    assert registry.get("cleanup_expired_data").queue == "maintenance"
+    monkeypatch.setattr(settings_module, "_process_settings", None)
+
+    # When the job runs as a worker would call it
+    result = json.loads(json.dumps(backup_database()))
+
+    # Then it made a database backup and reports it
+    (created,) = result["created"]
+    assert created["kind"] == "database"
+    assert [b.name for b in list_backups(settings)] == [created["name"]]

@@ -24,8 +24,10 @@ from sqlmodel import Session, SQLModel
 from typer.testing import CliRunner
 
 from acmeq.cli import app
+from acmeq.config import settings as settings_module
 from acmeq.config.settings import Settings
-from acmeq.errors import UsageError
+from acmeq.errors import ConfigError, UsageError
+from acmeq.jobs.maintenance import cleanup_expired_data
 from acmeq.maintenance import parse_older_than, run_cleanup
 from acmeq.maintenance.backup import BackupInfo, backup_dir
 from acmeq.maintenance.cleanup_sql import Sweep, prune_audit_log, run_sweep, table
@@ -448,3 +450,49 @@ def test_cli_dry_run_json_enqueue_and_bad_input(
     ]
     with pytest.raises(UsageError, match="--older-than: invalid duration 'soon'"):
         parse_older_than("soon")
+
+
+def test_cleanup_settings_come_from_acmeq_toml(tmp_path: Path) -> None:
+    # Given an acmeq.toml with a [cleanup] section
+    config = tmp_path / "acmeq.toml"
+    config.write_text(
+        '[cleanup]\nbatch_size = 250\ncache_prefixes = ["app:cache:"]\n'
+        '[cleanup.retention]\njob_progress = "14d"\naudit_log = 3600\n'
+        '[backup]\nkeep = 3\nmax_age = "2d"\n'
+    )
+
+    # Then the settings carry it, other categories keep their defaults
+    loaded = Settings.load(config)
+    assert loaded.cleanup.retention["job_progress"] == 14 * 86400
+    assert loaded.cleanup.retention["audit_log"] == 3600
+    assert loaded.cleanup.retention["failed_jobs"] == 90 * 86400
+    assert loaded.cleanup.batch_size == 250
+    assert loaded.cleanup.cache_prefixes == ("app:cache:",)
+    assert (loaded.backup.keep, loaded.backup.max_age) == (3, 2 * 86400)
+
+    # And bad values are named, one line each
+    config.write_text(
+        '[cleanup]\ncache_prefixes = ["rq:"]\n[cleanup.retention]\njob_progress = "soon"\n'
+    )
+    with pytest.raises(ConfigError) as caught:
+        Settings.load(config)
+    assert caught.value.problems == [
+        f"{config}: cleanup.retention.job_progress: must be a duration like 30d, 24h or 3600 "
+        "(seconds), got 'soon'",
+        f"{config}: cleanup.cache_prefixes: 'rq:' would match queue data, got ['rq:']",
+    ]
+
+
+def test_the_job_runs_the_same_cleanup(
+    settings: Settings, engine: Engine, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an expired progress row, and a job process reading its settings from the environment
+    _insert(engine, "job_progress", [_progress("old", OLD)])
+    monkeypatch.setattr(settings_module, "_process_settings", None)
+
+    # When the registered job runs (as a worker would call it, JSON-safe arguments)
+    report = cleanup_expired_data(["job_progress"], None, False)
+
+    # Then it returns the JSON report of what it deleted
+    assert json.loads(json.dumps(report))["categories"][0]["deleted"] == 1
+    assert _ids(engine, "job_progress", "id") == set()
