@@ -59,7 +59,7 @@ def cleanup(
     categories = [c.value for c in parse_categories(only)] if only else None
     parse_older_than(older_than)  # a bad duration is exit 2 before anything happens
     if enqueue:
-        _enqueue(categories, older_than, dry_run, as_json)
+        _enqueue(categories, older_than, dry_run, batch_size, as_json)
         return
     report = run_cleanup(
         settings(), only=categories, older_than=older_than, dry_run=dry_run, batch_size=batch_size
@@ -73,14 +73,22 @@ def cleanup(
 
 
 def _enqueue(
-    categories: list[str] | None, older_than: str | None, dry_run: bool, as_json: bool
+    categories: list[str] | None,
+    older_than: str | None,
+    dry_run: bool,
+    batch_size: int | None,
+    as_json: bool,
 ) -> None:
     from acmeq.queues import Enqueuer
     from acmeq.storage.redis_client import connect_checked
 
     cfg = settings()
     job = Enqueuer(cfg, connect_checked(cfg)).enqueue(
-        "cleanup_expired_data", categories=categories, older_than=older_than, dry_run=dry_run
+        "cleanup_expired_data",
+        categories=categories,
+        older_than=older_than,
+        dry_run=dry_run,
+        batch_size=batch_size,
     )
     if as_json:
         emit_json({"job_id": job.id, "job": "cleanup_expired_data", "queue": job.origin})

@@ -113,14 +113,21 @@ def top_campaigns(engine: Engine, limit: int = 5) -> list[dict[str, Any]]:
 
 @job(queue="maintenance")
 def cleanup_expired_data(
-    categories: list[str] | None = None, older_than: str | None = None, dry_run: bool = False
+    categories: list[str] | None = None,
+    older_than: str | None = None,
+    dry_run: bool = False,
+    batch_size: int | None = None,
 ) -> dict[str, Any]:
     """Delete data past its retention (seed: CleanupExpiredDataJob); returns the report."""
     from acmeq.config.settings import process_settings
     from acmeq.maintenance.cleanup import run_cleanup
 
     report = run_cleanup(
-        process_settings(), only=categories, older_than=older_than, dry_run=dry_run
+        process_settings(),
+        only=categories,
+        older_than=older_than,
+        dry_run=dry_run,
+        batch_size=batch_size,
     )
     return report.as_dict()
 

@@ -247,6 +247,7 @@ def clean_backups(ctx: Context, result: CategoryResult) -> None:
             dry_run=ctx.dry_run,
             max_age=ctx.retention(Category.BACKUPS),
             now=ctx.now,
+            engine=ctx.engine,
         )
 
 
