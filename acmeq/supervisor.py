@@ -55,11 +55,12 @@ MAINTAIN_S = 5.0
 SCHEDULE_S = 1.0
 ALERTS_S = 5.0  # every master offers; only the holder of the alert lock evaluates
 HUNG_CHECK_S = 1.0
+PING_S = 0.5  # while Redis is away, how often the master checks whether it is back
 RECOVER_RETRY_S = 1.0  # recovery that failed (Redis away) is tried again this often
 BOOT_GRACE_S = 30.0  # a new worker's heartbeat file starts this far in the future
 LOST_JUDGE_AFTER_S = 30.0  # Redis up this long before missing job heartbeats mean a dead worker
 CRASH_STOP_S = 30.0  # after an internal error, workers get this long to stop gracefully
-FAIL_HOOK_ENV = "ACMEQ_TEST_MASTER_FAIL_AFTER"  # tests: raise in the loop after N seconds
+FAIL_HOOK_ENV = "ACMEQ_TEST_MASTER_FAIL_FILE"  # tests: the loop raises once this file exists
 
 
 @dataclass
@@ -163,33 +164,40 @@ class Master:
         return status
 
     def _loop(self) -> None:
-        fail_after = float(os.environ.get(FAIL_HOOK_ENV) or 0)
-        started = time.monotonic()
+        fail_file = os.environ.get(FAIL_HOOK_ENV)
         while True:
             self._handle_signals()
-            self._handle_commands()
             self._reap()
+            # While Redis is away only processes are looked after (reap, spawn, hung workers);
+            # a ping every PING_S says when it is back.
+            up = self.redis.down_since is None or bool(self._every("ping", PING_S, self._ping))
+            if up:
+                self._handle_commands()
             if self.life.stopping is not None:
                 if self.life.done():
                     return
                 self._push_stop()
             else:
-                self._serve_pools()
-            self._every("publish", PUBLISH_S, self._publish)
-            if self._pending:
-                self._every("recover", RECOVER_RETRY_S, self._retry_recovery)
-            if fail_after and time.monotonic() - started > fail_after:
-                raise RuntimeError(f"{FAIL_HOOK_ENV}: injected failure")
+                self._serve_pools(up)
+            if up:
+                self._every("publish", PUBLISH_S, self._publish)
+                if self._pending:
+                    self._every("recover", RECOVER_RETRY_S, self._retry_recovery)
+            if fail_file and os.path.exists(fail_file):
+                raise RuntimeError(f"injected failure ({FAIL_HOOK_ENV} exists)")
             self._sleep()
 
-    def _serve_pools(self) -> None:
-        self._every("balance", TICK_S, self._balance_all)
+    def _serve_pools(self, redis_up: bool) -> None:
+        if redis_up:
+            self._every("balance", TICK_S, self._balance_all)
         now = time.monotonic()
         for key, slot in self.life.spawns(now):
             self._spawn(key, slot, now)
         for _key, worker in self.life.retirements(now):
             self._signal(worker.name, signal.SIGTERM)
         self._every("hung", HUNG_CHECK_S, self._kill_hung)
+        if not redis_up:
+            return
         self._every("maintain", MAINTAIN_S, self._maintain)
         self._every("schedule", SCHEDULE_S, self.scheduler.tick)
         self._every("schedules", SCHEDULE_S, self._schedules)
@@ -372,7 +380,6 @@ class Master:
         try:
             recovery.recover_dead_worker(self.connection, worker, queue, reason, self.settings)
             self._pending.pop(worker, None)
-            self.redis.ok()
         except redis.RedisError as exc:
             self.redis.failed("recovering a dead worker's jobs", exc)
             if worker not in self._pending:
@@ -493,14 +500,18 @@ class Master:
 
     # -- loop helpers ------------------------------------------------------------------------
     def _redis(self, what: str, action: Callable[[], Any]) -> Any:
-        """Run a Redis action; on a Redis error note the outage (logged once) and return None."""
+        """Run a Redis action; on a Redis error note the outage (logged once) and return None.
+        Only :meth:`_ping` ends an outage (some actions swallow their own Redis errors)."""
         try:
-            result = action()
+            return action()
         except redis.RedisError as exc:
             self.redis.failed(what, exc)
             return None
+
+    def _ping(self) -> bool:
+        self.connection.ping()
         self.redis.ok()
-        return result
+        return True
 
     def _every(self, name: str, interval: float, action: Callable[[], Any]) -> Any:
         """Run a periodic task when due. A Redis error is an outage (see :meth:`_redis`); any

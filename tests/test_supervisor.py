@@ -12,22 +12,18 @@ the master's log is printed when a test fails.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 import redis
+from master_support import MasterStarter, alive
 from rq.job import JobStatus
 
 from acmeq.config.settings import Settings
@@ -183,81 +179,7 @@ cooldown = 0.5
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-def alive(proc: psutil.Process) -> bool:
-    """Whether a process still exists (a zombie waiting to be reaped does not count)."""
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-@dataclass
-class MasterProcess:
-    """A master started as a real subprocess, its output (and its workers') in a log file."""
-
-    proc: subprocess.Popen[bytes]
-    name: str
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def workers(self) -> list[psutil.Process]:
-        """The master's live worker processes (its direct children)."""
-        try:
-            children = psutil.Process(self.pid).children()
-        except psutil.Error:
-            return []
-        return [c for c in children if alive(c)]
-
-    def tree(self) -> list[psutil.Process]:
-        """Every live descendant (workers and fork-mode work horses)."""
-        try:
-            children = psutil.Process(self.pid).children(recursive=True)
-        except psutil.Error:
-            return []
-        return [c for c in children if alive(c)]
-
-    def signal(self, signum: int) -> None:
-        os.kill(self.pid, signum)
-
-    def wait(self, timeout: float = 60.0) -> int:
-        return self.proc.wait(timeout=timeout)
-
-    def view(self, client: redis.Redis) -> control.MasterView | None:
-        """This master as `acmeq worker list` sees it (its published snapshot)."""
-        for view in control.list_masters(client, with_processes=True):
-            if view.name == self.name:
-                return view
-        return None
-
-
-StartMaster = Callable[..., MasterProcess]
-
-
-def master_env(**overrides: str) -> dict[str, str]:
-    """The test's environment (REDIS_URL, ACMEQ_JOB_MODULES ...) with tests/ importable."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
-    env.update(overrides)
-    return env
-
-
-def _kill_group(pgid: int) -> None:
-    """SIGKILL whatever is left of a master's process group (workers it orphaned included)."""
-    members = []
-    for proc in psutil.process_iter():
-        with contextlib.suppress(psutil.Error, OSError):
-            if os.getpgid(proc.pid) == pgid:
-                members.append(proc)
-    if members:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
-        psutil.wait_procs(members, timeout=10)
+StartMaster = MasterStarter
 
 
 @pytest.fixture(autouse=True)
@@ -273,59 +195,9 @@ def start_master(
     redis_url: str, job_modules: str, acmeq_toml: Path, tmp_path: Path
 ) -> Iterator[StartMaster]:
     """Start masters like an operator does; at the end kill what is left and show their logs."""
-    started: list[MasterProcess] = []
-
-    def start(
-        profile: str,
-        hostname: str,
-        *,
-        wait: bool = True,
-        env: dict[str, str] | None = None,
-    ) -> MasterProcess:
-        log_path = tmp_path / f"master-{hostname}-{len(started)}.log"
-        with log_path.open("wb") as log:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "acmeq",
-                    "worker",
-                    "start",
-                    "--profile",
-                    profile,
-                    "--hostname",
-                    hostname,
-                    "--log-level",
-                    "INFO",
-                ],
-                env=master_env(**(env or {})),
-                cwd=tmp_path,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: teardown kills the whole tree
-            )
-        master = MasterProcess(proc, hostname, log_path)
-        started.append(master)
-        if wait:
-            client = redis.Redis.from_url(redis_url)
-            wait_until(
-                f"master {hostname} to publish itself as running",
-                lambda: (
-                    proc.poll() is not None
-                    or ((v := master.view(client)) is not None and v.status == "running")
-                ),
-            )
-            assert proc.poll() is None, f"master exited with {proc.returncode}:\n{master.log()}"
-        return master
-
-    yield start
-    for master in started:
-        _kill_group(master.pid)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            master.proc.wait(timeout=10)
-        print(f"---- log of master {master.name} (pid {master.pid}) ----")
-        print(master.log())
+    starter = MasterStarter(tmp_path, redis_url)
+    yield starter
+    starter.cleanup()
 
 
 @pytest.fixture

@@ -1,0 +1,482 @@
+"""The master under faults, as a real process tree: Redis outages, hung workers, kill storms, its
+own bugs, a master killed and replaced, and what it leaves behind.
+
+Jobs write a ledger line per run (tests/master_jobs.py), so "nothing lost" is checked twice: every
+job's status is ``finished`` and every token is in the ledger (duplicates, the at-least-once
+price of a crash, are counted and printed, never required to be zero). The Redis outage tests run
+their own redis-server with an append-only file so that stopping and restarting it keeps the
+queues, as a production Redis would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import subprocess
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import psutil
+import pytest
+import redis
+from master_support import MasterProcess, MasterStarter, alive
+from rq.job import JobStatus
+
+from acmeq.config.settings import Settings
+from acmeq.queues import AcmeqJob, Enqueuer, JobCall
+from acmeq.storage.redis_client import find_redis_server
+
+from conftest import free_port, run_cli, wait_until
+
+# Queues retry often and at once, so kills and outages cost a retry, never a job.
+CONFIG = """
+[queues.notifications]
+tries = 20
+backoff = [0]
+
+[queues.payments]
+tries = 20
+backoff = [0]
+
+[queues.reports]
+tries = 20
+backoff = [0]
+
+[profiles.outage.supervisors.inline]
+queues = ["notifications"]
+balance = "off"
+min_processes = 1
+max_processes = 1
+mode = "inline"
+
+[profiles.outage.supervisors.threads]
+queues = ["payments"]
+balance = "off"
+min_processes = 1
+max_processes = 1
+mode = "threads"
+concurrency = 4
+
+[profiles.outage.supervisors.fork]
+queues = ["reports"]
+balance = "off"
+min_processes = 1
+max_processes = 1
+mode = "fork"
+
+[profiles.storm.supervisors.storm]
+queues = ["notifications"]
+balance = "off"
+min_processes = 2
+max_processes = 2
+mode = "inline"
+
+[profiles.single.supervisors.single]
+queues = ["notifications"]
+balance = "off"
+min_processes = 1
+max_processes = 1
+
+[profiles.sched.supervisors.sched]
+queues = ["reports"]
+balance = "off"
+min_processes = 1
+max_processes = 1
+"""
+
+LEDGER_JOBS = {
+    "notifications": "ledger_inline",
+    "payments": "ledger_threads",
+    "reports": "ledger_fork",
+}
+
+
+@pytest.fixture(autouse=True)
+def acmeq_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, job_modules: str) -> Path:
+    path = tmp_path / "acmeq.toml"
+    path.write_text(CONFIG)
+    monkeypatch.setenv("ACMEQ_JOB_MODULES", "sample_jobs,master_jobs")
+    return path
+
+
+@pytest.fixture
+def start_master(redis_url: str, tmp_path: Path) -> Iterator[MasterStarter]:
+    starter = MasterStarter(tmp_path, redis_url)
+    yield starter
+    starter.cleanup()
+
+
+def enqueuer_for(client: redis.Redis, toml: Path) -> Enqueuer:
+    return Enqueuer(Settings.load(toml), client)
+
+
+def statuses(client: redis.Redis, ids: list[str]) -> Counter[str]:
+    pipe = client.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hget(f"rq:job:{job_id}", "status")
+    return Counter((s or b"missing").decode() for s in pipe.execute())
+
+
+def ledger_counts(path: Path) -> Counter[str]:
+    if not path.exists():
+        return Counter()
+    return Counter(line for line in path.read_text().splitlines() if line)
+
+
+def enqueue_ledger(
+    enqueuer: Enqueuer, ledger: Path, counts: dict[str, int], seconds: float
+) -> dict[str, str]:
+    """Enqueue ``counts[queue]`` ledger jobs on each queue; return token -> job id."""
+    calls = [
+        JobCall(LEDGER_JOBS[q], (str(ledger), f"{q}-{i}", seconds))
+        for q, n in counts.items()
+        for i in range(n)
+    ]
+    ids = enqueuer.enqueue_many(calls)
+    return {str(call.args[1]): job_id for call, job_id in zip(calls, ids, strict=True)}
+
+
+def assert_every_job_completed(client: redis.Redis, ledger: Path, tokens: dict[str, str]) -> None:
+    assert statuses(client, list(tokens.values())) == Counter({"finished": len(tokens)})
+    runs = ledger_counts(ledger)
+    missing = [t for t in tokens if runs[t] == 0]
+    assert missing == [], f"{len(missing)} jobs never completed a run: {missing[:5]}"
+    duplicates = sum(n - 1 for t, n in runs.items() if n > 1)
+    print(f"ledger: {len(tokens)} jobs, {sum(runs.values())} runs, {duplicates} duplicate run(s)")
+
+
+def live_workers(master: MasterProcess) -> list[psutil.Process]:
+    return [w for w in master.workers() if alive(w)]
+
+
+# -- Redis outages ---------------------------------------------------------------------------------
+
+
+class RestartableRedis:
+    """A private redis-server with an append-only file, stopped and started on the same port."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = find_redis_server()
+        assert binary is not None
+        self.binary = binary
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--dir",
+                str(self.workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port)
+        wait_until("redis-server to answer", lambda: _pings(client), timeout=20)
+
+    def stop(self) -> None:
+        assert self.proc is not None
+        self.proc.terminate()  # a clean shutdown: the append-only file is complete
+        self.proc.wait(timeout=20)
+
+    def url(self, db: int = 1) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture
+def outage_redis(tmp_path: Path) -> Iterator[RestartableRedis]:
+    workdir = tmp_path / "redis-aof"
+    workdir.mkdir()
+    server = RestartableRedis(workdir)
+    yield server
+    if server.proc is not None and server.proc.poll() is None:
+        server.stop()
+
+
+LONG_OUTAGE = pytest.mark.skipif(
+    not os.environ.get("ACMEQ_LONG_TESTS"),
+    reason="a 2-minute Redis outage: set ACMEQ_LONG_TESTS=1 (CI does)",
+)
+
+
+@pytest.mark.timeout(420)
+@pytest.mark.parametrize("seconds", [5, 20, pytest.param(120, marks=LONG_OUTAGE)])
+def test_a_redis_outage_under_load_loses_nothing_and_drains_without_a_restart(
+    seconds: int,
+    outage_redis: RestartableRedis,
+    start_master: MasterStarter,
+    acmeq_toml: Path,
+    tmp_path: Path,
+) -> None:
+    # Given a master serving an inline, a threads x4 and a fork pool on a Redis of its own
+    url = outage_redis.url()
+    client = redis.Redis.from_url(url)
+    master = start_master("outage", "outage-host", env={"REDIS_URL": url})
+    wait_until("three workers", lambda: len(client.smembers("rq:workers")) == 3, timeout=60)
+    # and 500 jobs of 30 ms being worked on (fewer on fork, the slowest model)
+    ledger = tmp_path / "ledger.txt"
+    counts = {"notifications": 200, "payments": 240, "reports": 60}
+    tokens = enqueue_ledger(enqueuer_for(client, acmeq_toml), ledger, counts, 0.03)
+    wait_until("work under way", lambda: sum(ledger_counts(ledger).values()) >= 60, timeout=60)
+    workers_before = {w.pid for w in live_workers(master)}
+
+    # When Redis stops for a while and comes back
+    outage_redis.stop()
+    time.sleep(seconds)
+    outage_redis.start()
+    back = time.monotonic()
+
+    # Then every job finishes within a minute of Redis returning, with no restart by hand
+    wait_until(
+        "every job finished after the outage",
+        lambda: (
+            (c := statuses(client, list(tokens.values())))["finished"] == len(tokens) or print(c)
+        ),
+        timeout=60,
+        every=2.0,
+    )
+    print(f"drained {time.monotonic() - back:.1f} s after Redis returned")
+    assert_every_job_completed(client, ledger, tokens)
+    # and the master never stopped, logged the outage once and its end
+    assert master.proc.poll() is None
+    log = master.log()
+    master_lines = [line for line in log.splitlines() if "acmeq.master[" in line]
+    assert sum("Redis unreachable (" in line for line in master_lines) == 1, log
+    assert "Redis is back after" in log
+    assert "halted" not in log
+    # and the pools are whole again (workers kept their processes or were replaced)
+    wait_until("three workers again", lambda: len(live_workers(master)) == 3, timeout=30)
+    kept = workers_before & {w.pid for w in live_workers(master)}
+    print(f"workers kept through the outage: {len(kept)}/3")
+
+
+# -- hung workers ----------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_that_blocks_forever_outside_a_job_is_killed_through_its_heartbeat_file(
+    start_master: MasterStarter, redis_client: redis.Redis, acmeq_toml: Path
+) -> None:
+    # Given a master with one idle inline worker and a hung timeout of 3 s
+    master = start_master("single", "hung-host", args=("--hung-timeout", "3"))
+    wait_until("one worker", lambda: len(redis_client.smembers("rq:workers")) == 1, timeout=60)
+    (worker,) = live_workers(master)
+    wait_until(  # the worker took over its heartbeat file from the master's boot grace
+        "the worker's first heartbeat",
+        lambda: _heartbeat_age(master) is not None and _heartbeat_age(master) >= 0,  # type: ignore[operator]
+        timeout=60,
+    )
+
+    # When the worker stops dead outside any job (SIGSTOP: no Python code runs, nothing in Redis)
+    worker.send_signal(signal.SIGSTOP)
+
+    # Then the master kills it after the hung timeout and starts a replacement
+    wait_until("the hung worker killed", lambda: not alive(worker), timeout=30)
+    assert "is hung: no heartbeat for over 3 s; killing it" in master.log()
+    wait_until(
+        "a replacement",
+        lambda: [w.pid for w in live_workers(master)] not in ([], [worker.pid]),
+        timeout=60,
+    )
+    # and the pool serves jobs again
+    job = enqueuer_for(redis_client, acmeq_toml).enqueue("noop").id
+    wait_until(
+        "the next job to finish",
+        lambda: AcmeqJob.fetch(job, connection=redis_client).get_status() == JobStatus.FINISHED,
+        timeout=60,
+    )
+
+
+def _heartbeat_age(master: MasterProcess) -> float | None:
+    """Seconds since the mtime of the (only) worker's heartbeat file; negative: in the future."""
+    for run_dir in Path(tempfile.gettempdir()).glob(f"acmeq-master-{master.pid}-*"):
+        for beat in run_dir.glob("heartbeat-*"):
+            return time.time() - beat.stat().st_mtime
+    return None
+
+
+# -- the master's own bugs -------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_an_exception_in_the_master_loop_stops_workers_gracefully_with_a_named_status(
+    start_master: MasterStarter, redis_client: redis.Redis, acmeq_toml: Path, tmp_path: Path
+) -> None:
+    # Given a master whose loop raises once a file appears (a test-only hook)
+    trigger = tmp_path / "fail-now"
+    master = start_master("single", "buggy-host", env={"ACMEQ_TEST_MASTER_FAIL_FILE": str(trigger)})
+    wait_until("one worker", lambda: len(redis_client.smembers("rq:workers")) == 1, timeout=60)
+    tree = master.tree()
+    # and a 2-second job running
+    ledger = tmp_path / "ledger.txt"
+    job = enqueuer_for(redis_client, acmeq_toml).enqueue("ledger_inline", str(ledger), "j", 2.0).id
+    wait_until("the job running", lambda: redis_client.zcard("rq:wip:notifications") == 1)
+
+    # When the loop raises
+    trigger.touch()
+
+    # Then the master exits with INTERNAL_ERROR (70), not a bare 1, after a graceful stop: the
+    # running job finished, the traceback is in the log, no worker is left
+    assert master.wait(60) == 70
+    log = master.log()
+    assert "internal error in the master's loop" in log and "Traceback" in log
+    assert "RuntimeError: injected failure" in log
+    assert "exits with status 70 (INTERNAL_ERROR)" in log
+    assert AcmeqJob.fetch(job, connection=redis_client).get_status() == JobStatus.FINISHED
+    assert [p.pid for p in tree if alive(p)] == []
+    assert not list(Path(tempfile.gettempdir()).glob(f"acmeq-master-{master.pid}-*"))
+
+
+# -- kill storms -----------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(180)
+def test_a_kill_storm_loses_no_job_and_never_empties_the_pool_for_long(
+    start_master: MasterStarter, redis_client: redis.Redis, acmeq_toml: Path, tmp_path: Path
+) -> None:
+    # Given a pool of 2 inline workers (minimum 2) and 400 jobs of 40 ms
+    master = start_master("storm", "storm-host")
+    wait_until("two workers", lambda: len(redis_client.smembers("rq:workers")) == 2, timeout=60)
+    ledger = tmp_path / "ledger.txt"
+    tokens = enqueue_ledger(
+        enqueuer_for(redis_client, acmeq_toml), ledger, {"notifications": 400}, 0.04
+    )
+
+    # When for 15 s a random worker is killed with SIGKILL every 0.3 s
+    rng = random.Random(9)
+    kills, empty_since, longest_empty = 0, None, 0.0
+    end = time.monotonic() + 15
+    while time.monotonic() < end:
+        workers = live_workers(master)
+        now = time.monotonic()
+        if workers:
+            if empty_since is not None:
+                longest_empty = max(longest_empty, now - empty_since)
+            empty_since = None
+            victim = rng.choice(workers)
+            with_suppressed_kill(victim)
+            kills += 1
+        elif empty_since is None:
+            empty_since = now
+        time.sleep(0.3)
+    print(f"{kills} kills; the pool was empty for at most {longest_empty:.1f} s at a time")
+
+    # Then every job completes (the ledger proves it), the master lives on
+    wait_until(
+        "every job finished after the storm",
+        lambda: statuses(redis_client, list(tokens.values()))["finished"] == len(tokens),
+        timeout=90,
+        every=0.5,
+    )
+    assert_every_job_completed(redis_client, ledger, tokens)
+    assert master.proc.poll() is None
+    # and the crash backoff never left the pool empty for long (a worker takes ~1 s to boot)
+    assert longest_empty < 6.0
+    wait_until("two workers again", lambda: len(live_workers(master)) == 2, timeout=30)
+
+
+def with_suppressed_kill(proc: psutil.Process) -> None:
+    with contextlib.suppress(psutil.Error):
+        proc.kill()
+
+
+# -- a master killed and replaced ------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_a_replacement_master_takes_over_scheduling_from_a_killed_one_promptly(
+    start_master: MasterStarter, redis_client: redis.Redis, acmeq_toml: Path
+) -> None:
+    # Given master A scheduling the reports queue
+    first = start_master("sched", "sched-a")
+    lock = "rq:scheduler-lock:reports"
+    wait_until("A to hold the scheduler lock", lambda: redis_client.get(lock) == b"acmeq-sched-a")
+
+    # When A is killed with SIGKILL and B, under another name, starts
+    first.signal(signal.SIGKILL)
+    first.wait(10)
+    killed = time.monotonic()
+    second = start_master("sched", "sched-b")
+    # and a job is due 2.5 s later
+    job = (
+        enqueuer_for(redis_client, acmeq_toml)
+        .enqueue_call(JobCall("sleep_for", (0.01,), delay=timedelta(seconds=2.5)))
+        .id
+    )
+
+    # Then B takes the lock once A's heartbeat is gone (15 s), not when RQ's lock expires (61 s),
+    # and the job runs
+    wait_until(
+        "the delayed job to finish",
+        lambda: AcmeqJob.fetch(job, connection=redis_client).get_status() == JobStatus.FINISHED,
+        timeout=45,
+    )
+    print(f"delayed job done {time.monotonic() - killed:.1f} s after A was killed")
+    assert redis_client.get(lock) == b"acmeq-sched-b"
+    assert "master sched-a is gone: taking over its scheduler lock of reports" in second.log()
+
+
+# -- leaving nothing behind ------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_scale_explain_leaves_no_temporary_directory(
+    redis_url: str, acmeq_toml: Path, tmp_path: Path
+) -> None:
+    # Given an empty temporary directory and no master running
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    # When `acmeq worker scale --explain` shows what a master would decide
+    result = run_cli(
+        "worker", "scale", "--explain", "--profile", "outage", env={"TMPDIR": str(scratch)}
+    )
+    # Then it answers and leaves nothing in the temporary directory
+    assert result.returncode == 0, result.stderr
+    assert "notifications" in result.stdout
+    assert list(scratch.iterdir()) == []
+
+
+@pytest.mark.timeout(90)
+def test_a_master_started_in_the_background_from_python_reports_its_exit_status(
+    redis_url: str, acmeq_toml: Path, tmp_path: Path
+) -> None:
+    from acmeq.supervisor import MasterOptions, start_detached
+
+    # Given the Python API and an empty queue
+    settings = Settings.load(acmeq_toml)
+    opts = MasterOptions(profile="single", name="py-detached", burst=True, log_level="INFO")
+    env = dict(os.environ, TMPDIR=str(tmp_path))
+    # When a burst master is started in the background
+    master = start_detached(settings, opts, log_file=tmp_path / "m.log", environ=env)
+    # Then it runs detached (its own session), stops once the queue is drained, and says so
+    assert os.getsid(master.pid) != os.getsid(0)
+    assert master.wait(timeout=60) == 0
+    assert "exits with status 0 (OK)" in (tmp_path / "m.log").read_text()
+    assert not list(tmp_path.glob("acmeq-master-*"))
+    assert not (settings.state_dir / "run" / "master-py-detached.pid").exists()
