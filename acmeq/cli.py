@@ -7,6 +7,7 @@ usage box.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -123,8 +124,11 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:
         family = _click_family(exc)
         if "NoArgsIsHelpError" in family:
-            # `acmeq` or `acmeq db` alone: show the help, as click would, and exit 2.
-            sys.stdout.write(exc.ctx.get_help() + "\n")  # type: ignore[attr-defined]
+            # `acmeq` or `acmeq db` alone: show the help once and exit 2. The error was built
+            # from ctx.get_help(), which Typer's rich help already printed (returning "").
+            text = exc.format_message()  # type: ignore[attr-defined]
+            if text.strip():
+                sys.stdout.write(text + "\n")
             sys.exit(int(ExitCode.USAGE))
         if "Exit" in family:
             sys.exit(int(getattr(exc, "exit_code", 0)))
@@ -133,4 +137,27 @@ def main(argv: list[str] | None = None) -> None:
         if "ClickException" in family:
             code = int(getattr(exc, "exit_code", ExitCode.USAGE))
             _fail(exc.format_message(), code)  # type: ignore[attr-defined]
-        raise
+        _unexpected(exc)
+
+
+def _unexpected(exc: Exception) -> None:
+    """The last resort for an exception no command translated: one line, not a traceback.
+
+    A lost connection is reported as unreachable (exit 3); anything else as an internal error
+    (exit 1) that names the exception. ACMEQ_DEBUG=1 shows the traceback instead.
+    """
+    if os.environ.get("ACMEQ_DEBUG"):
+        raise exc
+    kind = type(exc)
+    first = (str(exc).strip().splitlines() or [""])[0]
+    if first.startswith("(") and ") " in first:  # SQLAlchemy: "(psycopg.OperationalError) ..."
+        first = first.split(") ", 1)[1]
+    names = {cls.__name__ for cls in kind.__mro__}
+    if kind.__module__.startswith("redis") and names & {"ConnectionError", "TimeoutError"}:
+        _fail(f"cannot reach Redis: {first}", int(ExitCode.UNREACHABLE))
+    if kind.__module__.startswith("sqlalchemy") and "OperationalError" in names:
+        _fail(f"cannot reach the database: {first}", int(ExitCode.UNREACHABLE))
+    _fail(
+        f"internal error: {kind.__name__}: {first} (ACMEQ_DEBUG=1 shows the traceback)",
+        int(ExitCode.FAILED),
+    )

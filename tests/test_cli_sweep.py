@@ -3,7 +3,7 @@ broken Redis, a non-Redis server, a broken database and malformed arguments: it 
 one line on stderr and a named exit code, never a traceback and never a hang.
 
 Commands run in forked children of the test process (acmeq is imported once, here), four at a
-time, each with its own stdout/stderr files and a time limit; this keeps ~250 runs near a minute.
+time, each with its own stdout/stderr files and a time limit: ~250 runs cost about a CPU-minute.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ class Outcome:
         shown = " ".join(self.argv)
         if self.code is None:
             return f"{shown}: still running after {LIMIT_S:.0f} s"
-        if "Traceback" in self.stderr + self.stdout:
-            return f"{shown}: traceback:\n{self.stderr}"
+        if "Traceback" in self.stderr + self.stdout or "internal error:" in self.stderr:
+            return f"{shown}: traceback (or the CLI's last-resort 'internal error'):\n{self.stderr}"
         lines = self.stderr.strip().splitlines()
         if self.code != 0 and (len(lines) != 1 or not lines[0].startswith("acmeq: error: ")):
             return f"{shown}: exit {self.code} with {len(lines)} stderr lines: {self.stderr!r}"
@@ -187,7 +187,7 @@ def _preload() -> None:
     import acmeq.tracking.watch  # noqa: F401
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(400)  # ~1 CPU-minute; minutes of wall time on a loaded machine
 def test_every_command_fails_in_one_line_without_a_traceback(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
@@ -229,7 +229,7 @@ def test_every_command_fails_in_one_line_without_a_traceback(
             if " ".join(path) in DAEMONS:
                 continue
             if any(isinstance(p, click.Argument) and p.required for p in cmd.params):
-                for odd in ("has space", "", "-"):
+                for odd in ("has space", ""):
                     runs.append(([*path, *placeholder_args(cmd, odd)], good))
 
         outcomes = run_all(runs, tmp_path)
