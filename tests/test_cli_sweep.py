@@ -162,11 +162,10 @@ def text_protocol_server() -> Iterator[int]:
                 conn, _ = listener.accept()
             except OSError:
                 continue
-            with conn:
-                with contextlib.suppress(OSError):
-                    conn.sendall(b"220 mail.example.test ESMTP ready\r\n")
-                    conn.settimeout(0.5)
-                    conn.recv(256)
+            with conn, contextlib.suppress(OSError):
+                conn.sendall(b"220 mail.example.test ESMTP ready\r\n")
+                conn.settimeout(0.5)
+                conn.recv(256)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -180,10 +179,10 @@ def text_protocol_server() -> Iterator[int]:
 
 def _preload() -> None:
     # Import what the commands import lazily once, here: each child then starts at once.
-    import acmeq.cli  # noqa: F401
-    import acmeq.observability.status  # noqa: F401
-    import acmeq.storage.sql  # noqa: F401
-    import acmeq.tracking.cancel  # noqa: F401
+    import acmeq.cli
+    import acmeq.observability.status
+    import acmeq.storage.sql
+    import acmeq.tracking.cancel
     import acmeq.tracking.watch  # noqa: F401
 
 
