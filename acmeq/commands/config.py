@@ -10,6 +10,7 @@ from acmeq.commands import render
 from acmeq.commands.common import settings
 from acmeq.commands.render import console, emit_json, table
 from acmeq.config.settings import SECRET_KEYS, Settings, mask_url
+from acmeq.errors import ConfigError
 
 app = typer.Typer(help="Show or validate the effective configuration.", no_args_is_help=True)
 
@@ -67,11 +68,20 @@ def show(
 
 @app.command()
 def validate() -> None:
-    """Check acmeq.toml and the environment; exit 2 with one line per problem."""
+    """Check acmeq.toml and the environment; exit 2 with one line per problem.
+
+    Besides bad values, a queue that no profile's supervisor serves is a problem (a misspelt
+    [queues.NAME] table makes a new queue whose jobs would wait forever), unless the queue is
+    marked `unserved = true`.
+    """
     cfg = settings()  # raises ConfigError (exit 2, one line per problem) when invalid
+    from acmeq.ops.config_check import unserved_queues
     from acmeq.queues import registry_for
 
     jobs = registry_for(cfg)
+    problems = unserved_queues(cfg)
+    if problems:
+        raise ConfigError(problems)
     console.print(
         f"configuration OK: {len(cfg.queues)} queues, {len(cfg.profiles)} profiles, "
         f"{len(jobs)} registered jobs"

@@ -93,6 +93,8 @@ NEW_QUEUE: dict[str, Any] = {
     "backlog_threshold": 1000,
     "result_ttl": DEFAULT_RESULT_TTL_S,
     "failure_ttl": DEFAULT_FAILURE_TTL_S,
+    # true: no profile is meant to serve this queue (`config validate` then does not report it)
+    "unserved": False,
 }
 
 # Fields of a supervisor that are not given fall back to these.

@@ -387,6 +387,7 @@ class Loader:
             failure_ttl=self._int(k + "failure_ttl", 1),
             wait_threshold=self._int(k + "wait_threshold", 1),
             backlog_threshold=self._int(k + "backlog_threshold", 0),
+            unserved=self._bool(k + "unserved"),
         )
 
     def _email(self, key: str, several: bool = True) -> str:

@@ -112,6 +112,7 @@ class QueueSpec:
     failure_ttl: int
     wait_threshold: int
     backlog_threshold: int = 0  # ready jobs above which monitoring alerts; 0: no backlog alert
+    unserved: bool = False  # no profile is meant to serve it (see `acmeq config validate`)
 
     @property
     def retry_intervals(self) -> tuple[int, ...]:
