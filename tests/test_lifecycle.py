@@ -7,6 +7,7 @@ which slots get a worker, which workers retire, how an exit is read, when the ma
 
 from __future__ import annotations
 
+import os
 import signal
 
 import pytest
@@ -312,3 +313,29 @@ def test_hung_workers_are_those_whose_heartbeat_file_is_older_than_the_timeout()
         "no-file": None,
     }
     assert lc.hung(beats, now, 30.0) == ["stuck"]
+
+
+# -- what the master publishes ---------------------------------------------------------------------
+
+
+def test_the_published_snapshot_says_which_pools_are_halted_or_backing_off() -> None:
+    from acmeq.config.settings import Settings
+    from acmeq.master import control
+
+    # given the development profile's master, with one pool crash-looping and one halted
+    profile = Settings.load(config_path=os.devnull, env={}).profile("development")
+    sup = profile.supervisors[0]
+    q1, q2 = sup.queues[0], sup.queues[1]
+    cycle = lc.pools_at_start([((sup.name, q), 1, 1) for q in sup.queues])
+    fill(cycle, 0.0)
+    for now in (1.0, 2.0, 3.0):
+        cycle.exited((sup.name, q1), only_worker(cycle, (sup.name, q1)), 1, now)
+        if now < 3.0:
+            cycle.add((sup.name, q1), 0, f"again-{now}", now)
+    cycle.exited((sup.name, q2), only_worker(cycle, (sup.name, q2)), 4, 3.0, boot_reason="bad")
+    # when the master builds its snapshot and `acmeq status` reads it back
+    snap = control.snapshot({"name": "m"}, profile, cycle, {}, {}, 3.0)
+    (view,) = control.view_of("m", snap, alive=True).supervisor_views
+    # then the pools that are not at full strength say why
+    assert view.problems[0] == f"{q1} backing off: 1 slot waits up to 1.0 s after crashes"
+    assert view.problems[1] == f"{q2} halted: bad"

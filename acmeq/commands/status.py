@@ -267,7 +267,10 @@ def _masters(snap: Snapshot) -> RenderableType:
             if s.paused:
                 sup.append(PAUSED_MARK, style="yellow")
             busy = f"{s.processes_busy}/{s.processes_total}"
-            rows.add_row(*[""] * lead, "", sup, busy, ",".join(s.queues))
+            queues = Text(",".join(s.queues))
+            for problem in s.problems:  # halted or backing-off pools
+                queues.append(f"  {problem}", style="red")
+            rows.add_row(*[""] * lead, "", sup, busy, queues)
     return rows
 
 

@@ -50,6 +50,9 @@ class SupervisorView:
     paused: bool
     processes_busy: int
     processes_total: int
+    # Pools not at full strength: "payments halted: <reason>", "payments backing off: 1 slot
+    # waits 1.5 s after crashes" (from the master's snapshot).
+    problems: tuple[str, ...] = ()
 
 
 @dataclass
@@ -86,6 +89,7 @@ class MasterView:
                     1 for p in self.processes if p.supervisor == sup["name"] and p.state == "busy"
                 ),
                 processes_total=sum(1 for p in self.processes if p.supervisor == sup["name"]),
+                problems=pool_problems(sup),
             )
             for sup in self.supervisors
         )
@@ -271,6 +275,23 @@ def parse_snapshots(raw: Mapping[Any, Any]) -> dict[str, dict[str, Any]]:
         if isinstance(snap, dict):
             snaps[text(key)] = snap
     return snaps
+
+
+def pool_problems(supervisor: dict[str, Any]) -> tuple[str, ...]:
+    """What keeps a published supervisor's pools below strength: halts and crash backoffs."""
+    out = []
+    for pool in supervisor.get("pools", []):
+        if pool.get("halted"):
+            out.append(f"{pool['queue']} halted: {pool['halted']}")
+        backoff = pool.get("backoff")
+        if backoff:
+            slots = int(backoff.get("slots", 0))
+            out.append(
+                f"{pool['queue']} backing off: {slots} slot{'s' if slots != 1 else ''} "
+                f"wait{'s' if slots == 1 else ''} up to {float(backoff.get('seconds', 0)):.1f} s "
+                "after crashes"
+            )
+    return tuple(out)
 
 
 def view_of(name: str, snap: dict[str, Any], alive: bool) -> MasterView:
