@@ -170,10 +170,14 @@ def list_(as_json: JsonOpt = False) -> None:
         return
     for m in masters:
         style = "red" if m.status == "gone" else "bold"
-        age = _duration(time.time() - m.started_at)
+        if m.status == "gone":  # killed or lost: its uptime stopped when it was last heard of
+            ran = _duration(max(m.last_seen - m.started_at, 0))
+            seen = _duration(max(time.time() - m.last_seen, 0))
+            state = f"gone (last seen {seen} ago, after {ran} up)"
+        else:
+            state = f"{m.status}, up {_duration(time.time() - m.started_at)}"
         console.print(
-            f"[{style}]master {m.name}[/] on {m.hostname} pid {m.pid}, profile "
-            f"{m.profile}, {m.status}, up {age}"
+            f"[{style}]master {m.name}[/] on {m.hostname} pid {m.pid}, profile {m.profile}, {state}"
         )
         procs = table(
             "supervisor",

@@ -334,6 +334,8 @@ def list_masters(connection: redis.Redis, with_processes: bool = False) -> list[
 
 
 def _processes(snap: dict[str, Any], gone: bool) -> list[ProcessView]:
+    # A gone master's processes are not running: their uptime stops when it was last seen.
+    clock = float(snap.get("last_seen") or time.time()) if gone else time.time()
     out = []
     for sup in snap.get("supervisors", []):
         for pool in sup.get("pools", []):
@@ -345,7 +347,7 @@ def _processes(snap: dict[str, Any], gone: bool) -> list[ProcessView]:
                         queue=pool["queue"],
                         supervisor=sup["name"],
                         state="gone" if gone else "starting",
-                        uptime_s=max(time.time() - proc.get("started_at", time.time()), 0.0),
+                        uptime_s=max(clock - proc.get("started_at", clock), 0.0),
                         retiring=proc.get("retiring", False),
                     )
                 )
