@@ -69,6 +69,12 @@ def setup_logging(level: str, log_file: Path | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Library chatter: alembic announces each plugin and migration context at INFO (most of a
+    # master's start-up log); it is shown at DEBUG only. RQ's loggers follow --log-level (RQ
+    # gives them their own handlers and levels; see acmeq.master.scheduler).
+    logging.getLogger("alembic").setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
+    for name in ("rq", "rq.scheduler", "rq.worker"):
+        logging.getLogger(name).setLevel(level)
 
 
 @dataclass

@@ -61,7 +61,12 @@ class Scheduler:
     def _scheduler(self) -> RQScheduler:
         if self._rq is None:
             self._rq = RQScheduler(
-                self.queues, connection=self.connection, serializer=JSONSerializer, name=self.name
+                self.queues,
+                connection=self.connection,
+                serializer=JSONSerializer,
+                name=self.name,
+                # RQ sets its logger's level itself (INFO by default): follow --log-level.
+                logging_level=logging.getLogger().getEffectiveLevel(),
             )
             self._rq._connection = self.connection  # type: ignore[assignment]
         return self._rq
