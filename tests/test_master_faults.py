@@ -480,3 +480,64 @@ def test_a_master_started_in_the_background_from_python_reports_its_exit_status(
     assert "exits with status 0 (OK)" in (tmp_path / "m.log").read_text()
     assert not list(tmp_path.glob("acmeq-master-*"))
     assert not (settings.state_dir / "run" / "master-py-detached.pid").exists()
+
+
+# -- jobs of workers that died with their master ---------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_jobs_of_a_worker_that_stopped_heartbeating_are_recovered_whatever_their_timeout(
+    redis_client: redis.Redis, acmeq_toml: Path
+) -> None:
+    from acmeq.worker.recovery import HEARTBEAT_LOST_S, recover_lost_workers
+
+    # Given two jobs with an hour's timeout, started by workers that no master watches any more:
+    # one last heartbeated 2 minutes ago (it died with its master), one 5 s ago (still alive).
+    enqueuer = enqueuer_for(redis_client, acmeq_toml)
+    dead = enqueuer.enqueue_call(JobCall("sleep_for", (1,))).id
+    live = enqueuer.enqueue_call(JobCall("sleep_for", (1,))).id
+    now = time.time()
+    for job_id, worker, beat in (
+        (dead, "gone-host.w.1", now - 120),
+        (live, "far-host.w.2", now - 5),
+    ):
+        composite = f"{job_id}:exec-{worker}"
+        redis_client.lrem("rq:queue:reports", 1, job_id)
+        redis_client.hset(f"rq:job:{job_id}", mapping={"status": "started", "worker_name": worker})
+        redis_client.zadd("rq:wip:reports", {composite: now + 3600 + 60})  # RQ: in an hour
+        redis_client.hset(
+            f"rq:execution:{composite}",
+            mapping={"worker_name": worker, "last_heartbeat": beat, "job_id": job_id},
+        )
+
+    # When the master's maintenance looks for lost workers
+    recovered = recover_lost_workers(redis_client, "reports", alive=set())
+
+    # Then the dead worker's job is retried now, not in an hour; the live one is left alone
+    assert HEARTBEAT_LOST_S <= 60
+    assert recovered == [dead]
+    assert AcmeqJob.fetch(dead, connection=redis_client).get_status() == JobStatus.QUEUED
+    assert AcmeqJob.fetch(live, connection=redis_client).get_status() == JobStatus.STARTED
+    assert [m.decode().split(":")[0] for m in redis_client.zrange("rq:wip:reports", 0, -1)] == [
+        live
+    ]
+    # and a worker the master knows to be alive is never judged by its Redis heartbeat
+    assert recover_lost_workers(redis_client, "reports", alive={"far-host.w.2"}, lost_after=1) == []
+
+
+@pytest.mark.timeout(90)
+def test_a_fast_stop_of_idle_workers_logs_no_error(
+    start_master: MasterStarter, redis_client: redis.Redis
+) -> None:
+    # Given a master with an idle worker per execution model
+    master = start_master("outage", "idle-host")
+    wait_until("three workers", lambda: len(redis_client.smembers("rq:workers")) == 3, timeout=60)
+    # When it is stopped fast (Ctrl-C)
+    master.signal(signal.SIGINT)
+    # Then it exits 0 and no worker's end is reported as an error (they stopped as asked)
+    assert master.wait(30) == 0
+    errors = [
+        line for line in master.log().splitlines() if "acmeq.master[" in line and " ERROR " in line
+    ]
+    assert errors == []
+    assert "died" not in master.log()
