@@ -22,12 +22,15 @@ def parse_duration(text: str, option: str = "duration") -> timedelta:
     return timedelta(seconds=sum(float(n) * _UNITS[u] for n, u in parts))
 
 
-def parse_when(text: str, option: str = "--at") -> datetime:
-    """An ISO 8601 instant; a naive one is taken as UTC."""
+def parse_when(text: str, option: str = "--at", *, local: bool = False) -> datetime:
+    """An ISO 8601 instant; one without an offset is in UTC, or with ``local`` in the local
+    time zone (``TZ``, else the system's)."""
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
         raise UsageError(
             f"{option}: invalid time {text!r}; use ISO 8601, e.g. 2026-12-01T09:00:00+01:00"
         ) from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+    if when.tzinfo:
+        return when
+    return when.astimezone() if local else when.replace(tzinfo=UTC)

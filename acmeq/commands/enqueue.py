@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import typer
 
-from acmeq.commands.common import console, emit_json, settings
+from acmeq.commands.common import settings
+from acmeq.commands.render import console, emit_json, err_console
 from acmeq.errors import UsageError
 from acmeq.queues import Enqueuer, JobCall
 from acmeq.storage.redis_client import connect_checked
 from acmeq.timeparse import parse_duration, parse_when
+
+# An --at this close to now is "now" (the command took a moment to type), not the past.
+PAST_SLACK = timedelta(seconds=60)
 
 
 def parse_arg(text: str) -> tuple[str, Any]:
@@ -34,6 +38,7 @@ def build_call(
     at: str | None,
     delay: str | None,
     job_id: str | None,
+    allow_past: bool = False,
 ) -> JobCall:
     positional: list[Any] = []
     kwargs: dict[str, Any] = {}
@@ -52,10 +57,23 @@ def build_call(
     if at and delay:
         raise UsageError("--at and --in exclude each other")
     # A delay becomes an absolute time here so that what is printed is what was scheduled.
-    when = parse_when(at) if at else None
+    when = parse_when(at, local=True) if at else None
+    if when is not None and when < datetime.now(UTC) - PAST_SLACK and not allow_past:
+        ago = datetime.now(UTC) - when
+        raise UsageError(
+            f"--at: {at} ({when.astimezone(UTC).isoformat(timespec='seconds')}) is "
+            f"{_ago(ago.total_seconds())} in the past; pass --allow-past to run the job now"
+        )
     if delay:
         when = datetime.now(UTC) + parse_duration(delay, "--in")
     return JobCall(job, positional, kwargs, job_id=job_id, at=when)
+
+
+def _ago(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
 
 
 def enqueue(
@@ -75,7 +93,17 @@ def enqueue(
             help="JSON object of keyword arguments, or JSON array of positional ones.",
         ),
     ] = None,
-    at: Annotated[str | None, typer.Option("--at", help="Run at this ISO 8601 time.")] = None,
+    at: Annotated[
+        str | None,
+        typer.Option(
+            "--at",
+            help="Run at this ISO 8601 time; without an offset (2026-12-01T09:00) it is local "
+            "time (TZ). A time in the past is refused unless --allow-past.",
+        ),
+    ] = None,
+    allow_past: Annotated[
+        bool, typer.Option("--allow-past", help="Accept an --at in the past (the job runs now).")
+    ] = False,
     delay: Annotated[
         str | None, typer.Option("--in", help="Run after this delay (30s, 5m, 1h).")
     ] = None,
@@ -92,7 +120,7 @@ def enqueue(
 ) -> None:
     """Enqueue a registered job on its queue, with that queue's timeout, retries and TTLs."""
     cfg = settings()
-    call = build_call(job, arg or [], json_args, at, delay, job_id)
+    call = build_call(job, arg or [], json_args, at, delay, job_id, allow_past)
     enqueuer = Enqueuer(cfg, connect_checked(cfg))
     rq_job = enqueuer.enqueue_call(call)
     jobdef = enqueuer.registry.get(job)
@@ -117,5 +145,16 @@ def enqueue(
         )
     if watch:
         from acmeq.commands.progress import watch_jobs
+        from acmeq.ops.serving import live_workers
+
+        if not live_workers(enqueuer.connection, jobdef.queue):
+            note = (
+                f"no worker serves queue {jobdef.queue} right now: the job waits until one "
+                "starts (acmeq worker start)"
+            )
+            if as_json:
+                err_console.print(f"acmeq: warning: {note}", markup=False, highlight=False)
+            else:
+                console.print(note, markup=False, highlight=False, soft_wrap=True)
 
         sys.exit(watch_jobs(cfg, [rq_job.id], as_json=as_json))  # not typer.Exit: see `watch`

@@ -6,8 +6,16 @@ from typing import Annotated
 
 import typer
 
-from acmeq.commands.common import console, emit_json, settings
-from acmeq.storage.redis_client import EmbeddedRedis, connect_checked, describe, server_info
+from acmeq.commands.common import settings
+from acmeq.commands.render import console, emit_json
+from acmeq.errors import UsageError
+from acmeq.storage.redis_client import (
+    EmbeddedRedis,
+    connect,
+    connect_checked,
+    describe,
+    server_info,
+)
 
 app = typer.Typer(help="Which Redis acmeq uses; stop the embedded one.", no_args_is_help=True)
 
@@ -50,13 +58,34 @@ def status(
 
 
 @app.command()
-def stop() -> None:
-    """Stop the embedded redis-server (its data is kept in the state directory)."""
+def stop(
+    force: Annotated[
+        bool, typer.Option("--force", help="Stop it even while masters are using it.")
+    ] = False,
+) -> None:
+    """Stop the embedded redis-server (its data is kept in the state directory).
+
+    Refused while a master is running on it (its workers would lose their Redis mid-job):
+    stop them first with `acmeq worker terminate --wait`, or pass --force.
+    """
     cfg = settings()
     if not cfg.redis.embedded:
         console.print(f"acmeq uses a configured Redis ({describe(cfg)}); nothing to stop")
         return
     server = EmbeddedRedis(cfg.state_dir)
+    if not force and server.status().running:
+        from acmeq.master.control import list_masters
+
+        running = [
+            m.name for m in list_masters(connect(cfg, start_embedded=False)) if m.status != "gone"
+        ]
+        if running:
+            raise UsageError(
+                f"refusing to stop the embedded Redis: master {', '.join(running)} "
+                f"{'is' if len(running) == 1 else 'are'} running on it; stop "
+                f"{'it' if len(running) == 1 else 'them'} first (acmeq worker terminate --wait) "
+                "or pass --force"
+            )
     if server.stop():
         console.print(f"stopped the embedded redis-server ({server.dir})")
     else:
