@@ -19,21 +19,20 @@ from sqlalchemy.engine import Engine, make_url
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from acmeq.config.settings import Settings
 from acmeq.storage import sql
 from acmeq.storage.redis_client import connect
 from acmeq.web import mollie, paypal, stripe
-from acmeq.web.intake import Intake, StoreUnavailable
+from acmeq.web.intake import BatchWriter, Intake, StoreUnavailable
 from acmeq.web.metrics import ReceiverMetrics
 from acmeq.web.verify import UnavailableError, VerificationError, VerifiedEvent
 
 log = logging.getLogger("acmeq.web")
 
 PROVIDERS = ("stripe", "mollie", "paypal")
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus text format
 
 
 class _TooLarge(Exception):
@@ -64,7 +63,9 @@ class Receiver:
         self.engine = receiver_engine(settings)
         self.redis = connect(settings)
         self.intake = Intake(settings, self.engine, self.redis)
+        self.writer = BatchWriter(self.intake)
         self.metrics = ReceiverMetrics()
+        self._registry: Any = None  # acmeq's collectors + ours, built on the first scrape
         self.certs = paypal.CertificateStore(self.hooks.paypal_cert_file)
 
     def verify(self, provider: str, body: bytes, headers: Any) -> VerifiedEvent:
@@ -125,7 +126,7 @@ class Receiver:
             log.error("cannot verify %s webhook: %s", provider, exc)
             return _error(503, str(exc)), "unavailable"
         try:
-            accepted = await run_in_threadpool(self.intake.accept, event)
+            accepted = await self.writer.accept(event)
         except StoreUnavailable as exc:
             log.error("%s webhook %s not recorded/enqueued: %s", provider, event.event_id, exc)
             return _error(503, f"{exc.what} unavailable, retry later"), "unavailable"
@@ -153,19 +154,24 @@ class Receiver:
         return checks
 
     async def metrics_page(self, request: Request) -> Response:
+        accept = request.headers.get("accept", "")
         try:
-            page = await run_in_threadpool(_queue_exposition, self.settings, self.redis)
-        except Exception as exc:  # Redis down or the builder failing: still show our counters
+            page, content_type = await run_in_threadpool(self._exposition, accept)
+        except Exception as exc:  # Redis down: still show the receiver's own counters
             log.error("acmeq queue metrics unavailable: %s: %s", type(exc).__name__, exc)
-            page = f"# acmeq queue metrics unavailable: {type(exc).__name__}\n"
-        return PlainTextResponse(page + self.metrics.exposition(), media_type=CONTENT_TYPE)
+            page, content_type = self.metrics.exposition(accept)
+        return Response(page, media_type=content_type)
 
+    def _exposition(self, accept: str) -> tuple[bytes, str]:
+        """acmeq's exposition (queues, workers, jobs: the builder of `acmeq metrics serve`)
+        with the receiver's counters registered beside its collectors."""
+        from acmeq.observability import prometheus
 
-def _queue_exposition(settings: Settings, connection: redis.Redis) -> str:
-    """acmeq's own exposition (queues, workers, jobs): the builder ``acmeq metrics serve`` uses."""
-    from acmeq.observability.prometheus import exposition
-
-    return exposition(settings, connection)
+        if self._registry is None:
+            registry = prometheus.registry(self.settings, self.redis)
+            registry.register(self.metrics.registry)
+            self._registry = registry
+        return prometheus.exposition(self._registry, accept)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

@@ -1,23 +1,32 @@
-"""Recording a verified event durably and handing it to the ``payments`` queue.
+"""Recording verified events durably and handing them to the ``payments`` queue.
 
 Order and failure handling (docs/payments.md, "Receiving"):
 
-1. ``INSERT ... ON CONFLICT (provider, event_id) DO NOTHING RETURNING id`` in autocommit: one
-   database round trip; when it returns, the event is committed.
-2. Enqueue ``process_payment_webhook(<row id>)`` with the job id ``webhook-<row id>`` through one
-   Lua script that writes the job only if that id does not exist yet: one Redis round trip.
-3. Only then 2xx.
+1. The events of all requests waiting at that moment are written by one writer thread per
+   receiver process in **one transaction**: a multi-row ``INSERT ... ON CONFLICT (provider,
+   event_id) DO NOTHING RETURNING id, provider, event_id`` (plus one SELECT for duplicates only),
+   then COMMIT. This is group commit: one database round trip and one fsync per batch, never more
+   than one per request, and the batch is as large as the concurrency (no artificial delay).
+2. After the commit, one Redis pipeline runs a Lua script per event that enqueues
+   ``process_payment_webhook(<row id>)`` with the job id ``webhook-<row id>`` only if that job
+   does not exist yet.
+3. Only then does each request get its 2xx (``accepted``, ``duplicate`` or ``requeued``).
 
-If Redis fails after the insert, the provider gets a 503 and retries; its retry conflicts on the
-insert, finds the row still ``received`` and enqueues it then. The same "received and no job" check
-is what ``acmeq webhook reconcile`` / ``replay`` run, so no recorded event is lost even if the
-provider gives up. A duplicate of an event whose job exists (queued, running, retried) enqueues
-nothing: the job id decides, atomically, however many duplicates arrive at once.
+If the database fails, nothing was committed and every request of the batch gets a 503. If Redis
+fails after the commit, the events are recorded without a job and the requests get a 503; the
+provider's retry conflicts on the insert, finds the row still ``received`` and enqueues it then
+(``requeued``). ``acmeq webhook reconcile`` enqueues such events too if the provider gave up. A
+duplicate of an event whose job exists (queued, running, scheduled for retry) enqueues nothing:
+the job id decides, atomically, however many duplicates arrive at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import queue
+import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -36,6 +45,8 @@ log = logging.getLogger("acmeq.web")
 
 JOB_NAME = "process_payment_webhook"
 EVENTS: sa.Table = WebhookEvent.__table__  # type: ignore[attr-defined]
+MAX_BATCH = 200  # events per transaction (7 bound values each: far below SQLite's limit)
+RECEIVED = WebhookStatus.RECEIVED.value
 
 # KEYS: job hash, queue list, set of queues. ARGV: job id, queue key, then the hash's field/value
 # pairs. Writes the job only when its hash does not exist: at most one job per event.
@@ -68,12 +79,19 @@ class Accepted:
     row_id: int
 
 
+@dataclass(frozen=True)
+class _Recorded:
+    row_id: int
+    inserted: bool
+    status: str
+
+
 def job_id_for(row_id: int) -> str:
     return f"webhook-{row_id}"
 
 
 class Intake:
-    """Records events and enqueues their jobs; one per receiver process (thread-safe)."""
+    """Records events and enqueues their jobs (thread-safe; the receiver uses one writer)."""
 
     def __init__(self, settings: Settings, engine: Engine, connection: redis.Redis) -> None:
         self.engine = engine
@@ -85,33 +103,11 @@ class Intake:
         self.dialect = engine.dialect.name
 
     # -- SQL -------------------------------------------------------------------------------
-    def _insert(self, event: VerifiedEvent) -> Any:
-        values = {
-            "provider": event.provider,
-            "event_id": event.event_id,
-            "event_type": event.event_type,
-            "status": WebhookStatus.RECEIVED.value,
-            "payload": event.payload,
-            "received_at": utcnow(),
-        }
-        insert: Any = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-        return (
-            insert(EVENTS)
-            .values(**values)
-            .on_conflict_do_nothing(index_elements=["provider", "event_id"])
-            .returning(EVENTS.c.id)
-        )
-
-    def _record(self, event: VerifiedEvent) -> tuple[int, bool, str]:
-        """(row id, inserted now, status); one round trip unless it is a duplicate."""
+    def _record(self, events: Sequence[VerifiedEvent]) -> list[_Recorded]:
         for attempt in (1, 2):
             try:
-                with self.engine.connect() as conn:
-                    conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-                    row_id = conn.execute(self._insert(event)).scalar()
-                    if row_id is not None:
-                        return int(row_id), True, WebhookStatus.RECEIVED.value
-                    return self._existing(conn, event)
+                with self.engine.begin() as conn:
+                    return self._record_in(conn, events)
             except sa.exc.DBAPIError as exc:
                 # A pooled connection the server closed is invalidated; one fresh try.
                 if attempt == 1 and exc.connection_invalidated:
@@ -119,42 +115,176 @@ class Intake:
                 raise StoreUnavailable("database", exc) from exc
         raise AssertionError("unreachable")
 
-    def _existing(self, conn: sa.Connection, event: VerifiedEvent) -> tuple[int, bool, str]:
-        where = (EVENTS.c.provider == event.provider) & (EVENTS.c.event_id == event.event_id)
-        row = conn.execute(sa.select(EVENTS.c.id, EVENTS.c.status).where(where)).one()
-        status = str(row.status)
-        if event.rearm and status != WebhookStatus.RECEIVED.value:
-            # Mollie classic: the same payment id means "its status changed, look again".
-            conn.execute(
-                sa.update(EVENTS)
-                .where(EVENTS.c.id == row.id)
-                .values(status=WebhookStatus.RECEIVED.value, received_at=utcnow(), error=None)
+    def _record_in(self, conn: sa.Connection, events: Sequence[VerifiedEvent]) -> list[_Recorded]:
+        now = utcnow()
+        unique: dict[tuple[str, str], VerifiedEvent] = {}
+        for event in events:
+            unique.setdefault((event.provider, event.event_id), event)
+        rows = [
+            {
+                "provider": e.provider,
+                "event_id": e.event_id,
+                "event_type": e.event_type,
+                "status": RECEIVED,
+                "payload": e.payload,
+                "received_at": now,
+            }
+            for e in unique.values()
+        ]
+        insert: Any = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        stmt = (
+            insert(EVENTS)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=["provider", "event_id"])
+            .returning(EVENTS.c.id, EVENTS.c.provider, EVENTS.c.event_id)
+        )
+        inserted = {(r.provider, r.event_id): int(r.id) for r in conn.execute(stmt)}
+        existing: dict[tuple[str, str], tuple[int, str]] = {}
+        missing = [key for key in unique if key not in inserted]
+        if missing:
+            found = conn.execute(
+                sa.select(EVENTS.c.id, EVENTS.c.provider, EVENTS.c.event_id, EVENTS.c.status).where(
+                    sa.tuple_(EVENTS.c.provider, EVENTS.c.event_id).in_(missing)
+                )
             )
-            status = WebhookStatus.RECEIVED.value
-        return int(row.id), False, status
+            existing = {(r.provider, r.event_id): (int(r.id), str(r.status)) for r in found}
+            existing = self._rearm(conn, unique, existing, now)
+        out: list[_Recorded] = []
+        first_seen: set[tuple[str, str]] = set()
+        for event in events:
+            key = (event.provider, event.event_id)
+            if key in inserted:
+                # A second copy in the same batch is a duplicate of the first.
+                out.append(_Recorded(inserted[key], key not in first_seen, RECEIVED))
+                first_seen.add(key)
+            else:
+                row_id, status = existing[key]
+                out.append(_Recorded(row_id, False, status))
+        return out
+
+    def _rearm(
+        self,
+        conn: sa.Connection,
+        unique: dict[tuple[str, str], VerifiedEvent],
+        existing: dict[tuple[str, str], tuple[int, str]],
+        now: Any,
+    ) -> dict[tuple[str, str], tuple[int, str]]:
+        # Mollie classic: the same payment id again means "its status changed, look again".
+        ids = [
+            row_id
+            for key, (row_id, status) in existing.items()
+            if unique[key].rearm and status != RECEIVED
+        ]
+        if not ids:
+            return existing
+        conn.execute(
+            sa.update(EVENTS)
+            .where(EVENTS.c.id.in_(ids))
+            .values(status=RECEIVED, received_at=now, error=None, processed_at=None)
+        )
+        return {k: (i, RECEIVED if i in ids else s) for k, (i, s) in existing.items()}
 
     # -- Redis -----------------------------------------------------------------------------
-    def enqueue(self, row_id: int) -> bool:
-        """Enqueue the event's job unless a job with its id exists; True if enqueued now."""
-        job_id = job_id_for(row_id)
-        keys = [self.queue.job_class.key_for(job_id), self.queue.key, self.queue.redis_queues_keys]
+    def _enqueue(self, row_ids: Sequence[int]) -> list[bool]:
+        """Enqueue each event's job unless a job with its id exists; True where enqueued now."""
+        if not row_ids:
+            return []
         try:
-            # The first call builds the job template, which asks Redis for its version.
-            call = JobCall(JOB_NAME, (row_id,), job_id=job_id)
-            flat: list[Any] = [job_id, self.queue.key]
-            for key, value in self.enqueuer._hash(self.jobdef, call).items():
-                flat.extend((key, value))
-            return bool(self.script(keys=keys, args=flat))
+            pipe = self.connection.pipeline(transaction=False)
+            for row_id in row_ids:
+                job_id = job_id_for(row_id)
+                # The first call builds the job template, which asks Redis for its version.
+                call = JobCall(JOB_NAME, (row_id,), job_id=job_id)
+                flat: list[Any] = [job_id, self.queue.key]
+                for key, value in self.enqueuer._hash(self.jobdef, call).items():
+                    flat.extend((key, value))
+                keys = [self.queue.job_class.key_for(job_id), self.queue.key]
+                self.script(keys=[*keys, self.queue.redis_queues_keys], args=flat, client=pipe)
+            return [bool(r) for r in pipe.execute()]
         except redis.RedisError as exc:
             raise StoreUnavailable("redis", exc) from exc
 
+    def enqueue(self, row_id: int) -> bool:
+        return self._enqueue([row_id])[0]
+
     # -- the whole hand-over ------------------------------------------------------------------
+    def accept_many(self, events: Sequence[VerifiedEvent]) -> list[Accepted]:
+        """Record the events in one transaction, then enqueue their jobs in one pipeline."""
+        recorded = self._record(events)
+        wanted = sorted({r.row_id for r in recorded if r.inserted or r.status == RECEIVED})
+        enqueued = dict(zip(wanted, self._enqueue(wanted), strict=True))
+        out = []
+        for r in recorded:
+            if r.inserted:
+                out.append(Accepted(Outcome.ACCEPTED, r.row_id))
+            elif enqueued.pop(r.row_id, False):
+                log.info("event %s was recorded without a job; enqueued now", r.row_id)
+                out.append(Accepted(Outcome.REQUEUED, r.row_id))
+            else:
+                out.append(Accepted(Outcome.DUPLICATE, r.row_id))
+        return out
+
     def accept(self, event: VerifiedEvent) -> Accepted:
-        row_id, inserted, status = self._record(event)
-        if inserted:
-            self.enqueue(row_id)
-            return Accepted(Outcome.ACCEPTED, row_id)
-        if status == WebhookStatus.RECEIVED.value and self.enqueue(row_id):
-            log.info("%s event %s was recorded without a job; enqueued now", event.provider, row_id)
-            return Accepted(Outcome.REQUEUED, row_id)
-        return Accepted(Outcome.DUPLICATE, row_id)
+        return self.accept_many([event])[0]
+
+
+@dataclass
+class _Pending:
+    event: VerifiedEvent
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Accepted]
+
+
+def _settle(future: asyncio.Future[Accepted], result: Accepted | BaseException) -> None:
+    if future.done():
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
+class BatchWriter:
+    """One thread that hands over whatever events are waiting, in batches (group commit)."""
+
+    def __init__(self, intake: Intake) -> None:
+        self.intake = intake
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="acmeq-webhook-writer", daemon=True)
+        self._thread.start()
+
+    async def accept(self, event: VerifiedEvent) -> Accepted:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Accepted] = loop.create_future()
+        self._queue.put(_Pending(event, loop, future))
+        return await future
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                batch.append(item)
+            results: Sequence[Accepted | BaseException]
+            try:
+                results = self.intake.accept_many([p.event for p in batch])
+            except StoreUnavailable as exc:
+                results = [exc] * len(batch)
+            except Exception as exc:  # a bug must fail the requests, never hang them
+                log.exception("webhook batch failed")
+                results = [StoreUnavailable("database", exc)] * len(batch)
+            for pending, result in zip(batch, results, strict=True):
+                pending.loop.call_soon_threadsafe(_settle, pending.future, result)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import choose_encoder
 
 # Acknowledgement latency buckets around the 200 ms promise (seconds).
 ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5)
@@ -36,5 +37,7 @@ class ReceiverMetrics:
         self.requests.labels(provider, outcome).inc()
         self.ack_seconds.labels(provider).observe(seconds)
 
-    def exposition(self) -> str:
-        return generate_latest(self.registry).decode()
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """The receiver's counters alone (when acmeq's own collectors cannot be read)."""
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
