@@ -136,7 +136,11 @@ def run_demo(
 
     cleanup_dry_run(cfg, out, "6. Maintenance")
 
-    out.step("7. Stop")
+    from acmeq.exports.demo import export_demo
+
+    unfinished += export_demo(cfg, out, "7. Exports")
+
+    out.step("8. Stop")
     client.close()
     if started_here and not keep_redis:
         server.stop()

@@ -5,7 +5,7 @@ Reports hold aggregates only (no names, no e-mails), so they need no privacy che
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +20,13 @@ from acmeq.exports.runner import (
     ExportResult,
     PreparedExport,
     _fail_record,
+    _record_done,
     _sync,
     _sync_dir,
     _update,
     ensure_writable,
     exports_dir,
     load,
-    sha256_of,
     temp_path,
 )
 from acmeq.exports.spec import choice
@@ -120,17 +120,13 @@ def run_report(
             _sync_dir(final.parent)
             progress.advance()
             progress.message("report written")
+            rows = sum(len(s.rows) for s in report.sections)
+            # Recorded before the tracker's final write (see run_export).
+            size, digest = _record_done(cfg, engine, export_id, final, rows)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         _fail_record(engine, export_id, spec.get("email"), what, exc)
         raise
-    size, digest, done = final.stat().st_size, sha256_of(final), datetime.now(UTC)
-    rows = sum(len(s.rows) for s in report.sections)
-    _update(
-        engine, export_id, status=ExportStatus.COMPLETED, row_count=rows, size_bytes=size,
-        sha256=digest, completed_at=done,
-        expires_at=done + timedelta(days=cfg.exports.expiry_days),
-    )  # fmt: skip
     mail = None
     if spec.get("email"):
         from acmeq.exports.notify import notify_done

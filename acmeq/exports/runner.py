@@ -63,7 +63,7 @@ OnPage = Callable[[int, int], None]  # (rows done, total)
 class PreparedExport:
     id: int
     path: Path
-    rows: int  # rows matching when it was prepared (the export may find more or fewer)
+    rows: int  # PDF: rows matching when it was prepared; -1: not counted
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,8 @@ def prepare_export(cfg: Settings, engine: Engine, request: ExportRequest) -> Pre
     if request.include_pii:
         who = privacy.requester_by_id(engine, request.user_id)
         privacy.check_pii(engine, who, request.filters.campaign_ids)
-    rows = matching_rows(engine, request)
+    # Counted only where it decides something: a count is one more scan of the table.
+    rows = matching_rows(engine, request) if request.format is ExportFormat.PDF else -1
     limit = cfg.exports.pdf_max_rows
     if request.format is ExportFormat.PDF and rows > limit:
         raise UsageError(
@@ -242,9 +243,24 @@ def run_export(
             **options,
         ) as progress:
             rows = _stream(cfg, engine, request, final, progress, on_page)
+            # Recorded before the tracker's final write: whoever sees the job completed finds
+            # the record completed too.
+            size, digest = _record_done(cfg, engine, export_id, final, rows)
     except BaseException as exc:
         _fail(engine, export_id, request, what, exc)
         raise
+    if request.include_pii:
+        privacy.audit_pii_export(engine, who, export_id, rows)
+    mail = None
+    if request.email:
+        limit = cfg.exports.attach_limit_bytes
+        mail = _notify_done(request.email, what, final, rows, size, digest, limit)
+    return ExportResult(export_id, final, rows, size, digest, mail)
+
+
+def _record_done(
+    cfg: Settings, engine: Engine, export_id: int, final: Path, rows: int
+) -> tuple[int, str]:
     size = final.stat().st_size
     digest = sha256_of(final)
     done = datetime.now(UTC)
@@ -258,13 +274,7 @@ def run_export(
         completed_at=done,
         expires_at=done + timedelta(days=cfg.exports.expiry_days),
     )
-    if request.include_pii:
-        privacy.audit_pii_export(engine, who, export_id, rows)
-    mail = None
-    if request.email:
-        limit = cfg.exports.attach_limit_bytes
-        mail = _notify_done(request.email, what, final, rows, size, digest, limit)
-    return ExportResult(export_id, final, rows, size, digest, mail)
+    return size, digest
 
 
 def _stream(
