@@ -204,7 +204,8 @@ def list_(as_json: JsonOpt = False) -> None:
                 str(p.jobs_done),
                 _duration(p.uptime_s),
             )
-        show(procs)
+        if m.processes:
+            show(procs)
         for sup in m.supervisors:
             for pool in sup.get("pools", []):
                 if pool.get("halted"):
