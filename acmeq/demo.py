@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -182,7 +183,10 @@ def _run_master(cfg: Settings, client: Any) -> tuple[int, list[tuple[float, int,
 
 def _cli(cfg: Settings, *args: str) -> str:
     """Run an acmeq command against the demo's Redis and database; return what it printed."""
-    env = dict(child_env(cfg), COLUMNS="78")
+    env = dict(child_env(cfg))
+    env.pop("COLUMNS", None)
+    if sys.stdout.isatty():  # lay tables out for this terminal (less the demo's indent)
+        env["COLUMNS"] = str(max(shutil.get_terminal_size().columns - 2, 40))
     done = subprocess.run(
         [sys.executable, "-m", "acmeq", *args],
         capture_output=True,
