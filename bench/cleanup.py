@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import secrets
+import signal
 import sys
 import tempfile
 import threading
@@ -303,6 +304,9 @@ def failed_runs(url: str, redis_url: str, failed: int, batch: int) -> list[dict[
 
 
 def main() -> None:
+    # SIGTERM ends the run through the finally blocks: the private redis-server and the scratch
+    # schema go with it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--failed", type=int, default=100_000)

@@ -294,6 +294,8 @@ class JobProgress(SQLModel, table=True):
     """History of one job run; the live numbers are in Redis while the job runs."""
 
     __tablename__ = "job_progress"
+    # Retention walks rows in (updated_at, id) order, one short batch at a time (migration 0005).
+    __table_args__ = (sa.Index(None, "updated_at", "id"),)
 
     id: str = Field(primary_key=True, max_length=128)  # the RQ job id
     job_name: str = Field(max_length=200)
@@ -310,7 +312,7 @@ class JobProgress(SQLModel, table=True):
     meta: dict[str, Any] | None = _json()
     created_at: datetime = _at()
     started_at: datetime | None = _at(nullable=True)
-    updated_at: datetime = _at(index=True)  # retention walks this index (migration 0005)
+    updated_at: datetime = _at()
     finished_at: datetime | None = _at(nullable=True)
     eta_at: datetime | None = _at(nullable=True)
 

@@ -3,8 +3,8 @@
 Revision ID: 0005
 Revises: 0004
 
-``ix_job_progress_updated_at`` lets `acmeq cleanup` walk expired progress rows in short keyset
-batches instead of scanning the whole table for every batch.
+``ix_job_progress_updated_at_id`` lets `acmeq cleanup` walk expired progress rows in short keyset
+batches in index order; without the ``id`` column SQLite sorts every expired row for each batch.
 """
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ def upgrade() -> None:
         sa.UniqueConstraint("name", name=op.f("uq_backups_name")),
     )
     op.create_index(op.f("ix_backups_created_at"), "backups", ["created_at"])
-    op.create_index(op.f("ix_job_progress_updated_at"), "job_progress", ["updated_at"])
+    op.create_index(op.f("ix_job_progress_updated_at_id"), "job_progress", ["updated_at", "id"])
 
 
 def downgrade() -> None:
-    op.drop_index(op.f("ix_job_progress_updated_at"), table_name="job_progress")
+    op.drop_index(op.f("ix_job_progress_updated_at_id"), table_name="job_progress")
     op.drop_table("backups")
