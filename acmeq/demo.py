@@ -141,7 +141,11 @@ def run_demo(
 
     unfinished += export_demo(cfg, out, "7. Exports")
 
-    out.step("8. Stop")
+    from acmeq.mail.demo import mail_demo
+
+    unfinished += mail_demo(cfg, out, "8. Mail and schedules")
+
+    out.step("9. Stop")
     client.close()
     if started_here and not keep_redis:
         server.stop()

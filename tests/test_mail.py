@@ -77,7 +77,11 @@ max_processes = 1
 @dataclass
 class Received:
     rcpt_tos: list[str]
-    message: Message
+    content: bytes
+
+    @property
+    def message(self) -> Message:
+        return email.message_from_bytes(self.content, policy=default_policy)
 
 
 @dataclass
@@ -87,6 +91,7 @@ class Recorder:
     refuse: bool = False
     messages: list[Received] = field(default_factory=list)
     refusals: list[float] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)  # envelope recipient -> messages
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_RCPT(
@@ -100,14 +105,19 @@ class Recorder:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        msg = email.message_from_bytes(envelope.content, policy=default_policy)
+        # Parsed only when a test looks at it: a 10,000-message run must not wait on the server.
         with self.lock:
-            self.messages.append(Received(list(envelope.rcpt_tos), msg))
+            self.messages.append(Received(list(envelope.rcpt_tos), envelope.content))
+            self.counts.update(envelope.rcpt_tos)
         return "250 OK"
 
     def recipients(self) -> Counter[str]:
         with self.lock:
-            return Counter(r for m in self.messages for r in m.rcpt_tos)
+            return Counter(self.counts)
+
+    def total(self) -> int:
+        with self.lock:
+            return len(self.messages)
 
 
 @dataclass
@@ -437,7 +447,7 @@ def test_a_refused_mail_is_retried_with_backoff_then_recorded_and_can_be_resent(
 # -- 4. a 10,000-recipient fan-out, a worker killed midway ---------------------------------------
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(480)  # ~60 s on a quiet machine; the shared CI host is far from quiet
 def test_a_bulk_mailing_to_10000_employees_survives_a_killed_worker_without_duplicates(
     mail_env: Path,
     smtp: Smtp,
@@ -480,7 +490,7 @@ def test_a_bulk_mailing_to_10000_employees_survives_a_killed_worker_without_dupl
             batch_size=100,
         )
         # and a notification worker is killed with SIGKILL while mail is going out
-        wait_until("2,000 sent", lambda: sum(smtp.handler.recipients().values()) >= 2000, 120)
+        wait_until("2,000 sent", lambda: smtp.handler.total() >= 2000, 150, every=0.2)
         victim = _busy_notification_worker(master.workers())
         os.kill(victim.pid, signal.SIGKILL)
 
@@ -492,7 +502,7 @@ def test_a_bulk_mailing_to_10000_employees_survives_a_killed_worker_without_dupl
             uncertain = _uncertain(engine)
             return set(smtp.handler.recipients()) | uncertain >= everyone
 
-        wait_until("every employee mailed", settled, timeout=150, every=0.5)
+        wait_until("every employee mailed", settled, timeout=300, every=1.0)
         counts = smtp.handler.recipients()
         assert [r for r, n in counts.items() if n > 1] == []  # no duplicates
         assert set(counts) <= everyone  # nobody unsubscribed, nobody else

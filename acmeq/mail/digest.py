@@ -170,7 +170,9 @@ def _send_one(settings: Settings, user_id: int, start: date, end: date) -> dict[
         "locale": out.locale,
         "message_key": key,
     }
+    from acmeq.mail.store import mail_engine
+
     result = deliver(
-        _engine(settings), transport_for(settings), out, key, current_attempt(), payload
+        mail_engine(settings), transport_for(settings), out, key, current_attempt(), payload
     )
     return {"user_id": user_id, "message_key": key, "sent": len(result["sent"])}

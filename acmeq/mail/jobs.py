@@ -18,9 +18,9 @@ from acmeq.mail.transport import transport_for
 
 
 def _engine(settings: Settings) -> Any:
-    from acmeq.storage.sql import engine_for
+    from acmeq.mail.store import mail_engine
 
-    return engine_for(settings)
+    return mail_engine(settings)
 
 
 def run_send_email(**kwargs: Any) -> dict[str, Any]:

@@ -85,9 +85,9 @@ def donation_context(donation_id: int) -> dict[str, Any] | None:
 
 
 def _send(template: str, to: str, locale: str, context: dict[str, Any], key: str) -> dict[str, Any]:
-    settings = process_settings()
-    from acmeq.storage.sql import engine_for
+    from acmeq.mail.store import mail_engine
 
+    settings = process_settings()
     out = compose(settings, to=[to], template=template, context=context, locale=locale)
     attempt = current_attempt()
     payload = {
@@ -98,7 +98,7 @@ def _send(template: str, to: str, locale: str, context: dict[str, Any], key: str
         "locale": out.locale,
         "message_key": key,
     }
-    result = deliver(engine_for(settings), transport_for(settings), out, key, attempt, payload)
+    result = deliver(mail_engine(settings), transport_for(settings), out, key, attempt, payload)
     return {
         "message_key": key,
         "sent": len(result["sent"]),

