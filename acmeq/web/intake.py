@@ -48,14 +48,31 @@ EVENTS: sa.Table = WebhookEvent.__table__  # type: ignore[attr-defined]
 MAX_BATCH = 200  # events per transaction (7 bound values each: far below SQLite's limit)
 RECEIVED = WebhookStatus.RECEIVED.value
 
-# KEYS: job hash, queue list, set of queues. ARGV: job id, queue key, then the hash's field/value
-# pairs. Writes the job only when its hash does not exist: at most one job per event.
+# Enqueues a batch of jobs, each only if its hash does not exist yet (at most one job per
+# event). KEYS: queue list, set of queues. ARGV: the queue key, the number T of template
+# field/value pairs, the pairs, then per job: hash key, job id, time stamp, data. Returns 1 per
+# job enqueued now, 0 per job that existed. (The job hash keys are derived from the ids, like
+# RQ's own scripts do; acmeq never runs on Redis Cluster.)
 _ENQUEUE_IF_ABSENT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-redis.call('RPUSH', KEYS[2], ARGV[1])
-redis.call('SADD', KEYS[3], ARGV[2])
-return 1
+local t = tonumber(ARGV[2])
+local template = {}
+for i = 3, 2 + 2 * t do template[#template + 1] = ARGV[i] end
+local out = {}
+local pushed = 0
+for i = 3 + 2 * t, #ARGV, 4 do
+  local key, id, stamp, data = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  if redis.call('EXISTS', key) == 1 then
+    out[#out + 1] = 0
+  else
+    redis.call('HSET', key, 'created_at', stamp, 'enqueued_at', stamp, 'data', data,
+      unpack(template))
+    redis.call('RPUSH', KEYS[1], id)
+    pushed = pushed + 1
+    out[#out + 1] = 1
+  end
+end
+if pushed > 0 then redis.call('SADD', KEYS[2], ARGV[1]) end
+return out
 """
 
 
@@ -101,6 +118,12 @@ class Intake:
         self.queue = self.enqueuer.queue(self.jobdef.queue)
         self.script = connection.register_script(_ENQUEUE_IF_ABSENT)
         self.dialect = engine.dialect.name
+        insert: Any = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        self._insert_stmt = (
+            insert(EVENTS)
+            .on_conflict_do_nothing(index_elements=["provider", "event_id"])
+            .returning(EVENTS.c.id, EVENTS.c.provider, EVENTS.c.event_id)
+        )
 
     # -- SQL -------------------------------------------------------------------------------
     def _record(self, events: Sequence[VerifiedEvent]) -> list[_Recorded]:
@@ -131,14 +154,11 @@ class Intake:
             }
             for e in unique.values()
         ]
-        insert: Any = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-        stmt = (
-            insert(EVENTS)
-            .values(rows)
-            .on_conflict_do_nothing(index_elements=["provider", "event_id"])
-            .returning(EVENTS.c.id, EVENTS.c.provider, EVENTS.c.event_id)
-        )
-        inserted = {(r.provider, r.event_id): int(r.id) for r in conn.execute(stmt)}
+        # executemany of one cached statement: SQLAlchemy sends it as one multi-row INSERT
+        # ("insertmanyvalues") and hands back what RETURNING gave, conflicts left out.
+        inserted = {
+            (r.provider, r.event_id): int(r.id) for r in conn.execute(self._insert_stmt, rows)
+        }
         existing: dict[tuple[str, str], tuple[int, str]] = {}
         missing = [key for key in unique if key not in inserted]
         if missing:
@@ -186,21 +206,31 @@ class Intake:
 
     # -- Redis -----------------------------------------------------------------------------
     def _enqueue(self, row_ids: Sequence[int]) -> list[bool]:
-        """Enqueue each event's job unless a job with its id exists; True where enqueued now."""
+        """Enqueue each event's job unless a job with its id exists; True where enqueued now.
+
+        One EVALSHA for the whole batch: the job hashes share every field but their id, time
+        stamps and data, so the shared fields travel once.
+        """
         if not row_ids:
             return []
+        per_job: list[Any] = []
+        template: dict[Any, Any] | None = None
         try:
-            pipe = self.connection.pipeline(transaction=False)
             for row_id in row_ids:
                 job_id = job_id_for(row_id)
                 # The first call builds the job template, which asks Redis for its version.
-                call = JobCall(JOB_NAME, (row_id,), job_id=job_id)
-                flat: list[Any] = [job_id, self.queue.key]
-                for key, value in self.enqueuer._hash(self.jobdef, call).items():
-                    flat.extend((key, value))
-                keys = [self.queue.job_class.key_for(job_id), self.queue.key]
-                self.script(keys=[*keys, self.queue.redis_queues_keys], args=flat, client=pipe)
-            return [bool(r) for r in pipe.execute()]
+                mapping = self.enqueuer._hash(self.jobdef, JobCall(JOB_NAME, (row_id,)))
+                stamp, data = mapping.pop("created_at"), mapping.pop("data")
+                mapping.pop("enqueued_at")
+                if template is None:
+                    template = mapping
+                per_job += [self.queue.job_class.key_for(job_id), job_id, stamp, data]
+            assert template is not None
+            flat: list[Any] = [self.queue.key, len(template)]
+            for key, value in template.items():
+                flat += [key, value]
+            keys = [self.queue.key, self.queue.redis_queues_keys]
+            return [bool(r) for r in self.script(keys=keys, args=flat + per_job)]
         except redis.RedisError as exc:
             raise StoreUnavailable("redis", exc) from exc
 
