@@ -139,6 +139,13 @@ class WorkerBase(SimpleWorker):
         self.liveness = Liveness(opts.heartbeat_file)
         self.outage = Outage(self._stop, self.liveness.alive)
 
+    def after_fork_in_child(self) -> None:
+        """A forked child inherits locks another thread may have held at the fork: new ones."""
+        self._lock = threading.Lock()
+        self._rq_lock = threading.Lock()
+        self.metrics = MetricsBuffer()
+        self.outage = Outage(self._stop, self.liveness.alive)
+
     @property
     def fast_stop(self) -> bool:
         return self.stop_mode == StopMode.FAST

@@ -51,6 +51,7 @@ def run_horse(worker: AcmeqWorker, item: Running, read_fd: int, write_fd: int) -
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         random.seed()
         worker._is_horse = True
+        worker.after_fork_in_child()
         reply = worker.execute(item)
         data = _encode(reply)
         with os.fdopen(write_fd, "wb") as pipe:

@@ -91,6 +91,11 @@ class AcmeqWorker(RecordingWorker):
                 "acmeq_jobs": 0,
             },
         )
+        # Modules a thread would otherwise import lazily: a fork while a thread holds an import
+        # lock leaves the horse deadlocked on it.
+        import acmeq.ops.failure_log
+        import acmeq.progress  # noqa: F401
+
         self.subscribe()  # RQ's worker commands, as RQ's bootstrap() does
         self._install_signals()
         Watchdog(self).start()
@@ -227,7 +232,10 @@ class AcmeqWorker(RecordingWorker):
                     if started is None:
                         self._release()
                         if self.opts.burst:
-                            return
+                            if not self._others_running():
+                                return
+                            # a running job may still retry or enqueue dependents
+                            self._stop.wait(0.05)
                         continue
                 started = self._run_job(started)
             except redis.RedisError as exc:
@@ -241,6 +249,9 @@ class AcmeqWorker(RecordingWorker):
                 log.exception("unexpected error while serving %s", self.opts.queue)
                 started = None
                 self._stop.wait(0.1)
+
+    def _others_running(self) -> bool:
+        return any(not r.abandoned_at for r in self.running())
 
     def _run_threads(self) -> None:
         threads = [

@@ -132,7 +132,7 @@ class Watchdog:
         raise_in_thread(item.thread_id, exc)
         job = item.job
         job.ended_at = datetime.now(UTC)
-        exc_string = f"{exc.__name__}: {message}"
+        exc_string = f"{exc.__module__}.{exc.__qualname__}: {message}"  # as RQ formats it
         log.warning("job %s: %s", job.id, exc_string)
         try:
             w.redis_retry(lambda: w.record_failure_string(job, item.execution, exc_string, outcome))
