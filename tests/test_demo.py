@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from acmeq.storage.redis_client import EmbeddedRedis
 
 from conftest import run_cli
 
 
+# Two full demo runs (every feature's step) take well over the default two minutes under load.
+@pytest.mark.timeout(480)
 def test_demo_runs_end_to_end_and_stops_everything(tmp_path: Path) -> None:
     state = tmp_path / "state"
     # Given a configured REDIS_URL that must never be touched by the demo
