@@ -143,7 +143,7 @@ def run_demo(
 
     from acmeq.mail.demo import mail_demo
 
-    unfinished += mail_demo(cfg, out, "8. Mail and schedules")
+    unfinished += mail_demo(cfg, out, "8. Mail and schedules", child_env(cfg), _cli)
 
     out.step("9. Stop")
     client.close()

@@ -19,6 +19,7 @@ from uuid import uuid4
 import redis
 import sqlalchemy as sa
 
+from acmeq import keys
 from acmeq.config.settings import Settings, process_settings
 from acmeq.errors import UsageError
 from acmeq.mail import BULK_PRIORITIES, PRIORITIES
@@ -112,7 +113,7 @@ def _enqueue_batches(
     connection = _connection(settings)
     enqueuer = Enqueuer(settings, connection)
     name = batch_job(priority)
-    done_key = f"acmeq:mail:fanout:{run}"
+    done_key = keys.mail_fanout(run)
     start = int(connection.get(done_key) or 0)
     batches = [list(user_ids[i : i + batch_size]) for i in range(0, len(user_ids), batch_size)]
     progress.advance(sum(len(b) for b in batches[:start]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from email import message_from_bytes
 from email.header import decode_header, make_header
 from pathlib import Path
@@ -15,9 +16,18 @@ import sqlalchemy as sa
 from acmeq.config.settings import Settings
 
 
-def mail_demo(cfg: Settings, out: Any, title: str) -> int:
-    """Run the step; return how many of its jobs did not finish."""
-    from acmeq.demo import _cli, child_env
+def mail_demo(
+    cfg: Settings,
+    out: Any,
+    title: str,
+    environ: dict[str, str],
+    cli: Callable[..., str],
+) -> int:
+    """Run the step; return how many of its jobs did not finish.
+
+    ``environ`` is the demo's environment for child processes (its Redis and database) and
+    ``cli`` runs an acmeq command in it (passed in: this module does not import acmeq.demo).
+    """
     from acmeq.queues import Enqueuer
     from acmeq.storage.redis_client import connect_checked
     from acmeq.storage.sql import engine_for
@@ -42,7 +52,7 @@ def mail_demo(cfg: Settings, out: Any, title: str) -> int:
             batch_size=50,
         ),
     ]
-    env = dict(child_env(cfg), ACMEQ_MAIL_TRANSPORT="outbox")
+    env = dict(environ, ACMEQ_MAIL_TRANSPORT="outbox")
     # The fan-out runs on bulk and puts its batches on notifications: drain bulk first.
     for queue in ("bulk", "notifications"):
         _burst_worker(queue, env)
@@ -55,7 +65,7 @@ def mail_demo(cfg: Settings, out: Any, title: str) -> int:
     for path in written[:2]:
         out.line(f"  {path.name}: {_subject(path)}")
     out.line("the periodic jobs (acmeq schedule list):")
-    out.line(_cli(cfg, "schedule", "list"))
+    out.line(cli(cfg, "schedule", "list"))
     statuses = [job.get_status(refresh=True) for job in jobs]
     return sum(1 for s in statuses if s != "finished")
 

@@ -29,6 +29,7 @@ from typing import Any, cast
 
 import redis
 
+from acmeq import keys
 from acmeq.config.schedules import ScheduleSpec
 from acmeq.config.settings import Settings
 from acmeq.errors import UnknownScheduleError
@@ -36,7 +37,7 @@ from acmeq.schedules.plan import Action, Plan, latest_tick, next_tick, plan, tic
 
 log = logging.getLogger("acmeq.schedules")
 
-LEADER_KEY = "acmeq:scheduler:leader"
+LEADER_KEY = keys.SCHEDULER_LEADER
 LEADER_TTL_MS = 15_000
 TICK_TTL_S = 2 * 86400
 HISTORY_LEN = 20
@@ -59,15 +60,15 @@ _warned: set[str] = set()
 
 
 def state_key(name: str) -> str:
-    return f"acmeq:schedule:{name}"
+    return keys.schedule(name)
 
 
 def tick_key(name: str, tick: datetime) -> str:
-    return f"acmeq:schedule:{name}:tick:{tick_id(tick)}"
+    return keys.schedule_tick(name, tick_id(tick))
 
 
 def history_key(name: str) -> str:
-    return f"acmeq:schedule:{name}:history"
+    return keys.schedule_history(name)
 
 
 def _state(connection: redis.Redis, name: str) -> dict[bytes, bytes]:
@@ -210,7 +211,7 @@ def _blocked(
 
 
 def job_status(connection: redis.Redis, job_id: str) -> str:
-    raw = connection.hget(f"rq:job:{job_id}", "status")
+    raw = connection.hget(keys.job(job_id), "status")
     return _text(raw) if raw else "expired"
 
 
@@ -339,7 +340,7 @@ def sync(connection: redis.Redis, settings: Settings, now: datetime | None = Non
                 mapping={"fingerprint": _fingerprint(spec), "last_tick": str(latest.timestamp())},
             )
             changes.append(f"{'changed' if state else 'added'} {spec.name}")
-    for raw in connection.scan_iter(match="acmeq:schedule:*", count=500):
+    for raw in connection.scan_iter(match=keys.schedule("*"), count=500):
         key = raw.decode() if isinstance(raw, bytes) else str(raw)
         name = key.split(":")[2]
         if name not in settings.schedules and key in (state_key(name), history_key(name)):
