@@ -239,8 +239,15 @@ class Intake:
 
     # -- the whole hand-over ------------------------------------------------------------------
     def accept_many(self, events: Sequence[VerifiedEvent]) -> list[Accepted]:
-        """Record the events in one transaction, then enqueue their jobs in one pipeline."""
-        recorded = self._record(events)
+        """Record the events in one transaction, then enqueue their jobs in one call."""
+        return self.finish(self.record(events))
+
+    def record(self, events: Sequence[VerifiedEvent]) -> list[_Recorded]:
+        """Step 1: the durable record (committed when this returns)."""
+        return self._record(events)
+
+    def finish(self, recorded: Sequence[_Recorded]) -> list[Accepted]:
+        """Step 2: enqueue what needs a job; the outcome of each event."""
         wanted = sorted({r.row_id for r in recorded if r.inserted or r.status == RECEIVED})
         enqueued = dict(zip(wanted, self._enqueue(wanted), strict=True))
         out = []
@@ -275,46 +282,78 @@ def _settle(future: asyncio.Future[Accepted], result: Accepted | BaseException) 
 
 
 class BatchWriter:
-    """One thread that hands over whatever events are waiting, in batches (group commit)."""
+    """Hands over whatever events are waiting, in batches (group commit), in two stages.
+
+    One thread records a batch in SQL while a second enqueues the previous batch in Redis, so
+    the database's commit and Redis' round trip overlap instead of adding up. Each request's
+    reply still waits for both stages of its own batch.
+    """
 
     def __init__(self, intake: Intake) -> None:
         self.intake = intake
-        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="acmeq-webhook-writer", daemon=True)
-        self._thread.start()
+        self._incoming: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._recorded: queue.SimpleQueue[tuple[list[_Pending], list[_Recorded]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._threads = [
+            threading.Thread(target=self._record_loop, name="acmeq-webhook-sql", daemon=True),
+            threading.Thread(target=self._enqueue_loop, name="acmeq-webhook-redis", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
     async def accept(self, event: VerifiedEvent) -> Accepted:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Accepted] = loop.create_future()
-        self._queue.put(_Pending(event, loop, future))
+        self._incoming.put(_Pending(event, loop, future))
         return await future
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=10)
+        self._incoming.put(None)
+        for thread in self._threads:
+            thread.join(timeout=10)
 
-    def _run(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            while len(batch) < MAX_BATCH:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._queue.put(None)  # stop after this batch
-                    break
-                batch.append(item)
-            results: Sequence[Accepted | BaseException]
+    def _next_batch(self) -> list[_Pending] | None:
+        first = self._incoming.get()
+        if first is None:
+            return None
+        batch = [first]
+        while len(batch) < MAX_BATCH:
             try:
-                results = self.intake.accept_many([p.event for p in batch])
-            except StoreUnavailable as exc:
-                results = [exc] * len(batch)
+                item = self._incoming.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                self._incoming.put(None)  # stop after this batch
+                break
+            batch.append(item)
+        return batch
+
+    def _record_loop(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            try:
+                recorded = self.intake.record([p.event for p in batch])
             except Exception as exc:  # a bug must fail the requests, never hang them
-                log.exception("webhook batch failed")
-                results = [StoreUnavailable("database", exc)] * len(batch)
+                _fail(batch, exc)
+                continue
+            self._recorded.put((batch, recorded))
+        self._recorded.put(None)
+
+    def _enqueue_loop(self) -> None:
+        while (item := self._recorded.get()) is not None:
+            batch, recorded = item
+            try:
+                results = self.intake.finish(recorded)
+            except Exception as exc:
+                _fail(batch, exc)
+                continue
             for pending, result in zip(batch, results, strict=True):
                 pending.loop.call_soon_threadsafe(_settle, pending.future, result)
+
+
+def _fail(batch: Sequence[_Pending], exc: Exception) -> None:
+    if not isinstance(exc, StoreUnavailable):
+        log.exception("webhook batch failed")
+        exc = StoreUnavailable("database", exc)
+    for pending in batch:
+        pending.loop.call_soon_threadsafe(_settle, pending.future, exc)
