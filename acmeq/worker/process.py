@@ -78,6 +78,12 @@ class AcmeqWorker(RecordingWorker):
     # -- lifecycle ---------------------------------------------------------------------------
     def run(self) -> WorkerExit:
         """Register, serve the queue until told to stop, deregister; return the exit code."""
+        # Modules a thread would otherwise import lazily: a fork while a thread holds an import
+        # lock leaves the horse deadlocked on it.
+        import acmeq.ops.failure_log
+        import acmeq.progress  # noqa: F401
+
+        self.liveness.alive(force=True)
         self.register_birth()
         self.connection.hset(
             self.key,
@@ -91,14 +97,10 @@ class AcmeqWorker(RecordingWorker):
                 "acmeq_jobs": 0,
             },
         )
-        # Modules a thread would otherwise import lazily: a fork while a thread holds an import
-        # lock leaves the horse deadlocked on it.
-        import acmeq.ops.failure_log
-        import acmeq.progress  # noqa: F401
-
         self.subscribe()  # RQ's worker commands, as RQ's bootstrap() does
         self._install_signals()
         Watchdog(self).start()
+        self.liveness.alive(force=True)
         try:
             if self.mode == ExecutionModel.THREADS and self.opts.concurrency > 1:
                 self._run_threads()
@@ -475,7 +477,8 @@ def _boot(opts: WorkerOptions) -> AcmeqWorker | int:
         connection = connect(settings)
     except Exception as exc:
         return _boot_error(opts, f"cannot boot: {type(exc).__name__}: {exc}")
-    give_up = time.monotonic() + BOOT_REDIS_WAIT_S
+    wait_s = float(os.environ.get("ACMEQ_WORKER_REDIS_WAIT_S", BOOT_REDIS_WAIT_S))
+    give_up = time.monotonic() + wait_s
     delay = 0.1
     while True:
         try:
