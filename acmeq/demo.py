@@ -145,7 +145,11 @@ def run_demo(
 
     unfinished += mail_demo(cfg, out, "8. Mail and schedules", child_env(cfg), _cli)
 
-    out.step("9. Stop")
+    from acmeq.payments.demo import payment_demo
+
+    unfinished += payment_demo(cfg, out, "9. Payments: a signed webhook", child_env(cfg), _cli)
+
+    out.step("10. Stop")
     client.close()
     if started_here and not keep_redis:
         server.stop()

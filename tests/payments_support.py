@@ -32,7 +32,7 @@ from acmeq.config.settings import Settings
 from acmeq.storage.models import Campaign, Company, Donation, User
 from acmeq.web import paypal as paypal_verify
 from acmeq.web import stripe as stripe_verify
-from acmeq.worker.process import WorkerOptions
+from acmeq.worker.options import WorkerOptions
 
 from conftest import free_port, wait_until
 
