@@ -109,6 +109,11 @@ def execution(composite: str) -> str:
     return f"rq:execution:{composite}"
 
 
+def scheduler_lock(name: str) -> str:
+    """String with a TTL: RQ's scheduler that enqueues a queue's due jobs holds it."""
+    return f"rq:scheduler-lock:{name}"
+
+
 def executions(job_id: str) -> str:
     """Sorted set of a job's executions."""
     return f"rq:executions:{job_id}"
@@ -232,6 +237,7 @@ KEY_MAP: tuple[KeyInfo, ...] = (
     KeyInfo(execution("<id>:<execution>"), "hash", "one execution of a job"),
     KeyInfo(executions("<id>"), "sorted set", "a job's executions"),
     KeyInfo(SUSPENDED, "string", "`rq suspend`: no worker takes a job"),
+    KeyInfo(scheduler_lock("<queue>"), "string, TTL", "RQ's scheduler lock of one queue"),
     KeyInfo(RQ_SCHEDULER_JOBS, "sorted set", "rq-scheduler's schedule (when it is used)"),
     KeyInfo(stats("<queue>"), "hash", "cumulative processed / failed / runtime per queue"),
     KeyInfo(metrics_minute("<epoch minute>"), "hash", "metric bucket of one minute (expires)"),
