@@ -9,6 +9,7 @@ webhook code runs on it unchanged); :mod:`acmeq.worker.recording` and
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import socket
 import threading
@@ -137,12 +138,15 @@ class WorkerBase(SimpleWorker):
             settings.metrics_minute_retention, settings.metrics_hour_retention
         )
         self.liveness = Liveness(opts.heartbeat_file)
+        self._exec_prefix = os.urandom(8).hex()
+        self._exec_counter = itertools.count(1)
         self.outage = Outage(self._stop, self.liveness.alive)
 
     def after_fork_in_child(self) -> None:
         """A forked child inherits locks another thread may have held at the fork: new ones."""
         self._lock = threading.Lock()
         self._rq_lock = threading.Lock()
+        self._exec_prefix = os.urandom(8).hex()  # the horse must not reuse its parent's ids
         self.metrics = MetricsBuffer()
         self.outage = Outage(self._stop, self.liveness.alive)
 

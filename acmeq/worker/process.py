@@ -33,7 +33,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
-from uuid import uuid4
 
 import redis
 from rq import Retry
@@ -252,6 +251,10 @@ class AcmeqWorker(RecordingWorker):
                 started = None
                 self._stop.wait(0.1)
 
+    def _exec_id(self) -> str:
+        """A new execution id: unique per process start and job (cheaper than uuid4 per job)."""
+        return f"{self._exec_prefix}{next(self._exec_counter):x}"
+
     def _others_running(self) -> bool:
         return any(not r.abandoned_at for r in self.running())
 
@@ -274,7 +277,7 @@ class AcmeqWorker(RecordingWorker):
 
     def _next_job(self) -> Started | None:
         """Start the next job, blocking up to IDLE_BLOCK_S when the queue is empty."""
-        started = self.fast.start(uuid4().hex)
+        started = self.fast.start(self._exec_id())
         if started.kind == Reply.JOB:
             return started
         if started.kind == Reply.PAUSED:
@@ -293,7 +296,7 @@ class AcmeqWorker(RecordingWorker):
             # Stopped while blocked: the job goes back to the head of the queue, untouched.
             self.fast.give_back(text(job_id))
             return None
-        started = self.fast.start(uuid4().hex, text(job_id))
+        started = self.fast.start(self._exec_id(), text(job_id))
         return started if started.kind == Reply.JOB else None
 
     # -- one job -------------------------------------------------------------------------------
@@ -407,7 +410,7 @@ class AcmeqWorker(RecordingWorker):
             wt = time.time() - item.started_ts
             result_ttl = job.get_result_ttl(self.default_result_ttl)
             result = encode_result(reply.get("value"))
-            next_exec = uuid4().hex if take_next else None
+            next_exec = self._exec_id() if take_next else None
             try:
                 nxt = self.redis_retry(
                     lambda: self.fast.finish(

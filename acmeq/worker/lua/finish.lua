@@ -69,11 +69,17 @@ local function finish(a)
   redis.call('ZREM', 'rq:wip:' .. a.queue, composite)
   redis.call('ZREM', 'rq:executions:' .. id, a.exec_id)
   redis.call('SREM', wkey .. ':executions', composite)
-  redis.call('HSET', wkey, 'state', 'idle')
 end
 
 local a = named(FINISH_ARGS, 0)
 if redis.call('SCARD', 'rq:job:' .. a.job_id .. ':dependents') > 0 then return {'slow'} end
 finish(a)
-if a.take_next ~= '1' then return {'done'} end
-return start(named(START_ARGS, #FINISH_ARGS))
+-- the worker goes idle unless it starts the next job at once (start sets it busy again)
+local idle = {'HSET', 'rq:worker:' .. a.worker, 'state', 'idle'}
+if a.take_next ~= '1' then
+  redis.call(unpack(idle))
+  return {'done'}
+end
+local reply = start(named(START_ARGS, #FINISH_ARGS))
+if reply[1] ~= 'job' then redis.call(unpack(idle)) end
+return reply
