@@ -67,6 +67,18 @@ _FOREIGN_ENV = [
     "PAYPAL_API_BASE",
     "PAYPAL_CLIENT_ID",
     "PAYPAL_CLIENT_SECRET",
+    # mail and schedules (#11): a developer's real mail server must never get test mail
+    "ACMEQ_MAIL_TRANSPORT",
+    "ACMEQ_MAIL_FROM",
+    "ACMEQ_MAIL_REPLY_TO",
+    "ACMEQ_MAIL_OUTBOX",
+    "ACMEQ_MAIL_SMTP_HOST",
+    "ACMEQ_MAIL_SMTP_PORT",
+    "ACMEQ_MAIL_SMTP_SECURITY",
+    "ACMEQ_MAIL_SMTP_USER",
+    "ACMEQ_MAIL_SMTP_PASSWORD",
+    "ACMEQ_MAIL_TIMEOUT",
+    "ACMEQ_SCHEDULER_ENABLED",
 ]
 
 
