@@ -39,8 +39,8 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
     from acmeq.storage.models import JobStatus
-    from acmeq.tracking.watch import ProgressWatch
     from acmeq.tracking.store import ProgressRecord, Viewer
+    from acmeq.tracking.watch import ProgressWatch
 
 app = typer.Typer(
     help="Job progress: list, show and watch tracked jobs (bars, rate, ETA).",
