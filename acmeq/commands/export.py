@@ -241,5 +241,6 @@ def _report_end(engine: Any, export_id: int, code: int, as_json: bool) -> int:
             highlight=False,
         )
     else:
-        err_console.print(f"export {export_id} {status}: {record.error or '-'}", highlight=False)
+        why = record.error or "its job ended without finishing it (see `acmeq progress show`)"
+        err_console.print(f"export {export_id} failed: {why}", highlight=False, soft_wrap=True)
     return 0 if status == "completed" and code == 0 else 1

@@ -153,5 +153,6 @@ def _submit(cfg: Any, engine: Any, export_id: int, user_id: int | None, opts: An
     elif status == "completed":
         console.print(f"wrote report to [bold]{record.path}[/]", soft_wrap=True, highlight=False)
     else:
-        err_console.print(f"report {export_id} {status}: {record.error or '-'}", highlight=False)
+        why = record.error or "its job ended without finishing it (see `acmeq progress show`)"
+        err_console.print(f"report {export_id} failed: {why}", highlight=False, soft_wrap=True)
     sys.exit(0 if status == "completed" and code == 0 else 1)

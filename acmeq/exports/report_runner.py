@@ -5,7 +5,7 @@ Reports hold aggregates only (no names, no e-mails), so they need no privacy che
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,8 @@ def prepare_report(
             conn.execute(
                 sa.insert(EXPORTS).returning(EXPORTS.c.id),
                 {"kind": ExportKind.REPORT, "format": fmt, "status": ExportStatus.PENDING,
-                 "user_id": user_id, "created_at": now},
+                 "user_id": user_id, "created_at": now,
+                 "expires_at": now + timedelta(days=cfg.exports.expiry_days)},
             ).scalar_one()
         )  # fmt: skip
         if output:

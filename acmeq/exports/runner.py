@@ -154,6 +154,8 @@ def prepare_export(cfg: Settings, engine: Engine, request: ExportRequest) -> Pre
                     "user_id": request.user_id,
                     "include_pii": request.include_pii,
                     "created_at": now,
+                    # Also for records that never complete (a killed worker): cleanup finds them.
+                    "expires_at": now + timedelta(days=cfg.exports.expiry_days),
                 },
             ).scalar_one()
         )
