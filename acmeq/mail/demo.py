@@ -111,4 +111,4 @@ def _burst_worker(queue: str, env: dict[str, str]) -> None:
 
 def _subject(path: Path) -> str:
     msg = message_from_bytes(path.read_bytes())
-    return str(make_header(decode_header(msg.get("Subject", ""))))
+    return " ".join(str(make_header(decode_header(msg.get("Subject", "")))).split())
