@@ -8,9 +8,10 @@ enqueue (:mod:`acmeq.web.intake`; 503 if the database or Redis fails), then 200.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import redis
@@ -205,6 +206,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/healthz", receiver.healthz, methods=["GET"]),
         Route("/metrics", receiver.metrics_page, methods=["GET"]),
     ]
-    app = Starlette(routes=routes)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        receiver.writer.close()  # requests still in its queue are answered first
+
+    app = Starlette(routes=routes, lifespan=lifespan)
     app.state.receiver = receiver
     return app
