@@ -314,9 +314,8 @@ def _alert(current: Standing) -> Alert:
     queue = data.get("queue")
     message = str(data.get("message", ""))
     if current.stale_s is not None:
-        message += (
-            f" (stale: not re-evaluated for {duration(current.stale_s)}; no evaluator is running)"
-        )
+        # No evaluator runs to re-check it: say how old it is (docs/monitoring.md).
+        message += f" (stale, {duration(current.stale_s)} old)"
     return Alert(
         id=current.id,
         rule=str(data.get("rule", "unknown")),
