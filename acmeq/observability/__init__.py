@@ -1,1 +1,1 @@
-"""Observability: metrics (write and read side), status, Prometheus exposition, alerts."""
+"""Observability: the one queue probe, metrics (write and read side), status, Prometheus, alerts."""
