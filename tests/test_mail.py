@@ -536,3 +536,86 @@ def _uncertain(engine: Engine) -> set[str]:
     with engine.connect() as conn:
         rows = conn.execute(sa.select(table.c.to_address).where(table.c.status == "uncertain"))
         return {r for r in rows.scalars()}
+
+
+# -- 5. reminders and the weekly digest -----------------------------------------------------------
+
+
+def _outbox(tmp_path: Path) -> list[Message]:
+    return [
+        email.message_from_bytes(p.read_bytes(), policy=default_policy)
+        for p in sorted((tmp_path / "state" / "outbox").glob("*.eml"))
+    ]
+
+
+def _burst(queue: str = "notifications") -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "acmeq.worker", WorkerOptions(queue, burst=True).to_json()],
+        env=dict(os.environ, PYTHONPATH=str(Path(__file__).parent)),
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0
+
+
+@pytest.mark.timeout(120)
+def test_reminders_reach_employees_who_did_not_donate_once_per_campaign_and_day(
+    mail_env: Path, redis_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    # Given a campaign ending in two days, four employees of whom one donated and one unsubscribed
+    data = seed(engine, employees=4)
+    users = User.__table__  # type: ignore[attr-defined]
+    with engine.begin() as conn:
+        conn.execute(
+            users.update()
+            .where(users.c.id == data["staff"][3])
+            .values(unsubscribed_at=datetime.now(UTC))
+        )
+    enqueuer = Enqueuer(Settings.load(mail_env), redis.Redis.from_url(redis_url))
+    today = date.today().isoformat()
+
+    # When the reminders run twice on the same day (a retry, a manual run)
+    enqueuer.enqueue("send_reminders", days=3, today=today)
+    enqueuer.enqueue("send_reminders", days=3, today=today)
+    _burst()
+
+    # Then the two who neither donated nor unsubscribed got one reminder each, in their language
+    sent = _outbox(tmp_path)
+    assert sorted(str(m["To"]) for m in sent) == ["e00001@acme.example", "e00002@acme.example"]
+    by_to = {str(m["To"]): m for m in sent}
+    assert by_to["e00001@acme.example"]["Subject"].startswith("Clean Water endet am")  # de
+    assert "noch 2 Tag(e)" in text_of(by_to["e00001@acme.example"])
+    assert by_to["e00002@acme.example"]["Subject"].startswith("Clean Water se termine le")  # fr
+
+
+@pytest.mark.timeout(120)
+def test_the_weekly_digest_lists_the_weeks_donations_matches_and_followed_campaigns(
+    mail_env: Path, redis_url: str, engine: Engine, tmp_path: Path
+) -> None:
+    from acmeq.storage.models_mail import CampaignFollow
+
+    # Given a Dutch employee who donated this week and follows the campaign, and two colleagues
+    data = seed(engine, employees=3)
+    with engine.begin() as conn:
+        conn.execute(
+            CampaignFollow.__table__.insert().values(  # type: ignore[attr-defined]
+                user_id=data["staff"][0], campaign_id=data["campaign"], created_at=datetime.now(UTC)
+            )
+        )
+    enqueuer = Enqueuer(Settings.load(mail_env), redis.Redis.from_url(redis_url))
+    week_end = (date.today() + timedelta(days=6 - date.today().weekday())).isoformat()
+
+    # When the weekly digest runs (fan-out, then one job per employee), twice
+    enqueuer.enqueue("send_weekly_digest", week_ending=week_end)
+    enqueuer.enqueue("send_weekly_digest", week_ending=week_end)
+    _burst()
+
+    # Then every employee got one digest, and the donor's lists the gift, the match and the follow
+    sent = _outbox(tmp_path)
+    assert sorted(str(m["To"]) for m in sent) == [f"e0000{i}@acme.example" for i in range(3)]
+    donor = next(m for m in sent if str(m["To"]) == "e00000@acme.example")
+    body = text_of(donor)
+    assert f"- Clean Water: €{NBSP}1.234,56 (aangevuld: €{NBSP}500,00)" in body
+    assert "Campagnes die u volgt:" in body
+    other = next(m for m in sent if str(m["To"]) == "e00001@acme.example")
+    assert "Sie haben diese Woche nicht gespendet." in text_of(other)
