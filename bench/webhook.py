@@ -261,10 +261,11 @@ def run_python(
     tpl_json = json.dumps(tpl.__dict__)
     for p in range(2):
         out = tmp / f"lat-{name}-{p}.json"
-        code = (
-            "import sys; sys.path.insert(0, %r); import webhook; "
-            "webhook._python_client(%r, %r, %d, 2, __import__('time').monotonic() + %f, %d, %r)"
-        ) % (str(HERE), url, tpl_json, offset + p, deadline_in, CONNECTIONS // 2, str(out))
+        call = (
+            f"webhook._python_client({url!r}, {tpl_json!r}, {offset + p}, 2, "
+            f"__import__('time').monotonic() + {deadline_in}, {CONNECTIONS // 2}, {str(out)!r})"
+        )
+        code = f"import sys; sys.path.insert(0, {str(HERE)!r}); import webhook; {call}"
         procs.append((subprocess.Popen([sys.executable, "-c", code]), out))
     lat: list[float] = []
     errors = 0
@@ -311,7 +312,7 @@ def server(cmd: list[str], env: dict[str, str], port: int, log: Path) -> Iterato
             proc.kill()
 
 
-def prepare_database(url: str | None, tmp: Path) -> tuple[str, object]:
+def prepare_database(url: str | None, tmp: Path, no_fsync: bool = False) -> tuple[str, object]:
     """A migrated database: SQLite under tmp, or a fresh schema on the given PostgreSQL."""
     import sqlalchemy as sa
     from sqlalchemy.engine import make_url
@@ -326,7 +327,8 @@ def prepare_database(url: str | None, tmp: Path) -> tuple[str, object]:
     admin = sql.make_engine(url)
     with admin.begin() as conn:
         conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    db_url = make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
+    options = f"-csearch_path={schema}" + (" -csynchronous_commit=off" if no_fsync else "")
+    db_url = make_url(url).update_query_dict({"options": options})
     rendered = db_url.render_as_string(hide_password=False)
     engine = sql.make_engine(rendered)
     sql.upgrade(engine)
@@ -347,6 +349,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--database-url", default=None, help="PostgreSQL URL (default: SQLite)")
     parser.add_argument("--loadgen", choices=["wrk", "python"], default=None)
+    parser.add_argument(
+        "--no-fsync",
+        action="store_true",
+        help="diagnostic only: PostgreSQL with synchronous_commit=off (not durable!), to show "
+        "what acmeq's path costs without the commit's fsync",
+    )
     args = parser.parse_args()
     loadgen = args.loadgen or ("wrk" if shutil.which("wrk") else "python")
     run = secrets.token_hex(3)
@@ -359,7 +367,7 @@ def main() -> None:
             with (tmp / "sigs").open("w") as f:
                 for n in range(count):
                     f.write(tpl.signature(n) + "\n")
-        db_url, drop = prepare_database(args.database_url, tmp)
+        db_url, drop = prepare_database(args.database_url, tmp, args.no_fsync)
         env = dict(os.environ)
         env.update(
             REDIS_URL=redis_url,
@@ -425,6 +433,8 @@ def main() -> None:
     best = {name: max(rs, key=lambda r: r.rps) for name, rs in results.items()}
     ratio = best["acmeq"].rps / best["bare"].rps
     db = "PostgreSQL" if args.database_url else "SQLite"
+    if args.no_fsync:
+        db += " with synchronous_commit=off (diagnostic, NOT durable)"
     print(
         f"\nloadgen {loadgen}, {CONNECTIONS} connections, {args.workers} server process(es), "
         f"~2 KB signed Stripe events, database {db}, best of {args.rounds} round(s):"
