@@ -21,6 +21,7 @@ FONT_DIR = Path(__file__).resolve().parent / "fonts"
 FONT = "DejaVu"
 PAGE_WIDTH_MM = 277.0  # A4 landscape (297 mm) less 10 mm margins
 ROW_MM = 4.6
+STRIPE = (242, 244, 247)  # every other row's background
 CHAR_EM = 0.55  # DejaVu Sans' mean advance, in ems
 PT_MM = 0.3528
 
@@ -118,7 +119,7 @@ class PdfWriter:
         x = self.pdf.l_margin
         for c, w in zip(columns, self.widths, strict=True):
             right = c.kind in RIGHT
-            limit = int(w / char_mm) - 1 if c.kind is Kind.TEXT else 0
+            limit = int(w / char_mm) - 1 if c.kind in (Kind.TEXT, Kind.CODE) else 0
             # left-aligned text starts 1 mm in; right-aligned text ends 1 mm before the edge
             self._plan.append((x + (w - 1.0 if right else 1.0), right, FORMATTERS[c.kind], limit))
             x += w
@@ -138,7 +139,6 @@ class PdfWriter:
             pdf.cell(w, ROW_MM + 0.6, column.title[:limit], align=align, fill=True)
         pdf.ln(ROW_MM + 0.8)
         pdf.set_font(FONT, "", self.size)
-        pdf.set_fill_color(242, 244, 247)
 
     def _width(self, text: str) -> float:
         advances = self._advances
@@ -157,10 +157,13 @@ class PdfWriter:
         plan = self._plan
         bottom = pdf.page_break_trigger
         left, span = pdf.l_margin, sum(self.widths)
+        # fpdf2 restores the colours of before add_page() after header(): set the stripes' own.
+        pdf.set_fill_color(*STRIPE)
         for row in rows:
             y = pdf.y
             if y + ROW_MM > bottom:
                 pdf.add_page()  # header() draws the column titles again
+                pdf.set_fill_color(*STRIPE)
                 y = pdf.y
             if self._odd:
                 pdf.rect(left, y, span, ROW_MM, style="F")

@@ -43,7 +43,7 @@ DONATION_COLUMNS: tuple[Column, ...] = (
     Column("completed_at", "completed (UTC)", Kind.DATETIME, 19),
     Column("campaign_id", "campaign id", Kind.INT, 8),
     Column("campaign", "campaign", Kind.TEXT, 30),
-    Column("status", "status", Kind.CODE, 12),
+    Column("status", "status", Kind.CODE, 15),
     Column("gateway", "gateway", Kind.CODE, 8),
     Column("currency", "currency", Kind.CODE, 6),
     Column("amount", "amount", Kind.MONEY, 11),
