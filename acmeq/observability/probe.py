@@ -130,8 +130,8 @@ def read(
     return parse(reply, queues, workers, now)
 
 
-def age(stamp: bytes | str | None, now: float) -> float | None:
-    """Seconds since an RQ timestamp (``2026-05-01T10:00:00.123456Z``); None when unreadable."""
+def timestamp(stamp: bytes | str | None) -> float | None:
+    """Epoch seconds of an RQ timestamp (``2026-05-01T10:00:00.123456Z``); None when unreadable."""
     if not stamp:
         return None
     try:
@@ -140,4 +140,10 @@ def age(stamp: bytes | str | None, now: float) -> float | None:
         return None
     if when.tzinfo is None:  # RQ writes UTC; a naive stamp is read as UTC too
         when = when.replace(tzinfo=UTC)
-    return max(now - when.timestamp(), 0.0)
+    return when.timestamp()
+
+
+def age(stamp: bytes | str | None, now: float) -> float | None:
+    """Seconds since an RQ timestamp; None when unreadable."""
+    when = timestamp(stamp)
+    return None if when is None else max(now - when, 0.0)

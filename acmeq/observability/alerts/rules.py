@@ -107,17 +107,6 @@ def load_json_hash(raw: Mapping[Any, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _parse_time(raw: bytes | None) -> float | None:
-    if not raw:
-        return None
-    from rq.utils import utcparse
-
-    try:
-        return float(utcparse(text(raw)).timestamp())
-    except ValueError:
-        return None
-
-
 def queue_state(
     spec: QueueSpec, load: probe.QueueSnapshot, clock: Mapping[str, Any] | None, now: float
 ) -> tuple[QueueState, dict[str, Any]]:
@@ -200,7 +189,7 @@ def _new_failures(
     found: dict[str, list[tuple[str, FailedJob]]] = {q: [] for q in candidates}
     for i, (q, job_id, score) in enumerate(flat):
         ended, ttl, desc = replies[2 * i]
-        failed_at = _parse_time(ended)
+        failed_at = probe.timestamp(ended)
         if failed_at is None and score != float("inf"):
             failed_at = score - int(ttl or settings.queues[q].failure_ttl)
         if failed_at is None or failed_at <= lowers[q]:
