@@ -13,7 +13,7 @@ from acmeq.config.settings import Settings, process_settings
 from acmeq.errors import MailError, UsageError
 from acmeq.mail import PRIORITIES
 from acmeq.mail.render import render, resolve_locale
-from acmeq.mail.sending import Attempt, Outgoing, compose, current_attempt, deliver
+from acmeq.mail.sending import Attempt, Outgoing, Pending, compose, current_attempt, deliver
 from acmeq.mail.transport import transport_for
 
 
@@ -96,30 +96,33 @@ def run_send_batch(
     attempt = current_attempt()
     users = users_by_id(settings, user_ids)
     totals = {"sent": 0, "already_sent": 0, "uncertain": 0, "refused": 0, "failed": 0}
-    for user_id in user_ids:
-        user = users.get(user_id)
-        if user is None:
-            continue  # unsubscribed or deleted since the fan-out
-        out = _personal(settings, template, user, context or {})
-        payload = {
-            "to": out.to,
-            "subject": out.subject,
-            "text": out.text,
-            "html": out.html,
-            "locale": out.locale,
-            "message_key": message_key,
-            "template": None,
-        }
-        try:
-            result = deliver(engine, transport, out, message_key, attempt, payload)
-        except MailError:
-            if not attempt.last:
-                raise
-            totals["failed"] += 1  # recorded by deliver; the others still get theirs
-            continue
-        for name, value in _summary(result).items():
-            if name != "message_key":
-                totals[name] += value
+    pending = Pending()
+    try:
+        for user_id in user_ids:
+            user = users.get(user_id)
+            if user is None:
+                continue  # unsubscribed or deleted since the fan-out
+            out = _personal(settings, template, user, context or {})
+            payload = {
+                "to": out.to,
+                "subject": out.subject,
+                "text": out.text,
+                "html": out.html,
+                "locale": out.locale,
+                "message_key": message_key,
+            }
+            try:
+                result = deliver(engine, transport, out, message_key, attempt, payload, pending)
+            except MailError:
+                if not attempt.last:
+                    raise
+                totals["failed"] += 1  # recorded by deliver; the others still get theirs
+                continue
+            for name, value in _summary(result).items():
+                if name != "message_key":
+                    totals[name] += value
+    finally:
+        pending.flush(engine)  # the last message's "sent" mark
     return totals
 
 

@@ -193,6 +193,18 @@ def _attachment(path: Path) -> Message:
     return part
 
 
+@dataclass
+class Pending:
+    """ "Sent" marks of a batch not yet committed."""
+
+    marks: list[tuple[str, list[str]]] = field(default_factory=list)
+
+    def flush(self, engine: Engine) -> None:
+        for key, recipients in self.marks:
+            store.mark_sent(engine, key, recipients)
+        self.marks = []
+
+
 def deliver(
     engine: Engine,
     transport: Transport,
@@ -200,15 +212,24 @@ def deliver(
     key: str,
     attempt: Attempt,
     payload: dict[str, Any],
+    pending: Pending | None = None,
 ) -> dict[str, Any]:
     """Send ``out`` once per recipient under ``key``; record failures; return what happened.
+
+    With ``pending`` (a batch), the "sent" mark is not committed on its own but with the next
+    message's claim (or by :meth:`Pending.flush`): one commit per message instead of two. The
+    crash window grows by the time it takes to render the next message; a recipient caught in
+    it is reported uncertain, never sent twice.
 
     Raises :class:`MailError` for a failure the next try may fix (the job is retried with its
     queue's backoff); on the last try the failure is recorded first.
     """
     # Personal messages of one fan-out share the key: the first recipient keeps their ids apart.
     msg_id = message_id(f"{key}|{out.recipients[0]}", out.from_address)
-    claim = store.claim(engine, key, out.recipients, msg_id, attempt.job_id)
+    marks = pending.marks if pending is not None else []
+    claim = store.claim(engine, key, out.recipients, msg_id, attempt.job_id, marks)
+    if pending is not None:
+        pending.marks = []  # committed with this claim
     result: dict[str, Any] = {
         "message_key": key,
         "sent": [],
@@ -239,7 +260,10 @@ def deliver(
             record(claim.to_send, exc.reason, FailedEmailStatus.FAILED)
         raise
     accepted = [r for r in claim.to_send if r not in refused]
-    store.mark_sent(engine, key, accepted)
+    if pending is not None:
+        pending.marks.append((key, accepted))  # committed with the next claim, or by flush()
+    else:
+        store.mark_sent(engine, key, accepted)
     if refused:
         # Some recipients took it, these were refused by the server: a retry would not help.
         store.release(engine, key, list(refused))

@@ -82,12 +82,23 @@ class Claim:
 
 
 def claim(
-    engine: Engine, key: str, recipients: Sequence[str], message_id: str, job_id: str | None
+    engine: Engine,
+    key: str,
+    recipients: Sequence[str],
+    message_id: str,
+    job_id: str | None,
+    mark_sent: Sequence[tuple[str, list[str]]] = (),
 ) -> Claim:
-    """Claim the recipients not yet claimed for ``key`` (one transaction); report the others."""
+    """Claim the recipients not yet claimed for ``key`` (one transaction); report the others.
+
+    ``mark_sent``: (key, recipients) of earlier messages the server accepted, marked ``sent`` in
+    the same transaction (a batch commits once per message instead of twice).
+    """
     result = Claim()
     wanted = list(dict.fromkeys(recipients))
     with engine.begin() as conn:
+        for done_key, done in mark_sent:
+            _mark(conn, done_key, done)
         existing = {
             row.recipient: row.state
             for row in conn.execute(
@@ -130,6 +141,11 @@ def mark_sent(engine: Engine, key: str, recipients: Sequence[str]) -> None:
     if not recipients:
         return
     with engine.begin() as conn:
+        _mark(conn, key, recipients)
+
+
+def _mark(conn: Any, key: str, recipients: Sequence[str]) -> None:
+    if recipients:
         conn.execute(
             SENT.update()
             .where(SENT.c.message_key == key, SENT.c.recipient.in_(list(recipients)))
