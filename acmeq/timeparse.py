@@ -34,3 +34,16 @@ def parse_when(text: str, option: str = "--at", *, local: bool = False) -> datet
     if when.tzinfo:
         return when
     return when.astimezone() if local else when.replace(tzinfo=UTC)
+
+
+def rq_time(stamp: bytes | str | None) -> datetime | None:
+    """An RQ timestamp as stored in a job or worker hash (``2026-05-01T10:00:00.123456Z``);
+    None when missing or unreadable (a naive stamp is UTC, as RQ writes)."""
+    if not stamp:
+        return None
+    raw = stamp.decode() if isinstance(stamp, bytes) else stamp
+    try:
+        when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)

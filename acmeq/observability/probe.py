@@ -17,7 +17,6 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import redis
 
 from acmeq.storage.redis_client import text
+from acmeq.timeparse import rq_time
 
 
 @cache
@@ -132,15 +132,8 @@ def read(
 
 def timestamp(stamp: bytes | str | None) -> float | None:
     """Epoch seconds of an RQ timestamp (``2026-05-01T10:00:00.123456Z``); None when unreadable."""
-    if not stamp:
-        return None
-    try:
-        when = datetime.fromisoformat(text(stamp).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if when.tzinfo is None:  # RQ writes UTC; a naive stamp is read as UTC too
-        when = when.replace(tzinfo=UTC)
-    return when.timestamp()
+    when = rq_time(stamp)
+    return None if when is None else when.timestamp()
 
 
 def age(stamp: bytes | str | None, now: float) -> float | None:

@@ -25,6 +25,7 @@ from acmeq import keys
 from acmeq.errors import ProgressNotFoundError
 from acmeq.storage.models import JobStatus
 from acmeq.storage.redis_client import text
+from acmeq.timeparse import rq_time
 from acmeq.tracking import store
 from acmeq.tracking.live import (
     PROGRESS_CHANNEL,
@@ -64,16 +65,6 @@ class RQInfo:
     ended_at: datetime | None
 
 
-def _rq_time(raw: Any) -> datetime | None:
-    if not raw:
-        return None
-    try:
-        parsed = datetime.fromisoformat(text(raw).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
 def rq_info(connection: redis.Redis, job_ids: Sequence[str]) -> dict[str, RQInfo | None]:
     """RQ's view of each job (None: no such job hash), in one round trip."""
     fields = ("status", "description", "origin", "started_at", "ended_at")
@@ -90,8 +81,8 @@ def rq_info(connection: redis.Redis, job_ids: Sequence[str]) -> dict[str, RQInfo
                 text(status),
                 text(description or b""),
                 text(origin or b""),
-                _rq_time(started),
-                _rq_time(ended),
+                rq_time(started),
+                rq_time(ended),
             )
         )
     return found
