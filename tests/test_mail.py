@@ -619,3 +619,18 @@ def test_the_weekly_digest_lists_the_weeks_donations_matches_and_followed_campai
     assert "Campagnes die u volgt:" in body
     other = next(m for m in sent if str(m["To"]) == "e00001@acme.example")
     assert "Sie haben diese Woche nicht gespendet." in text_of(other)
+
+
+def test_priority_decides_the_queue(mail_env: Path, redis_url: str) -> None:
+    # Given mail of each priority, through the helper and through the job name
+    client = redis.Redis.from_url(redis_url)
+    enqueue_email("a@acme.example", "high", text="x", priority="high")
+    enqueue_email("b@acme.example", "bulk", text="x", priority="bulk")
+    Enqueuer(Settings.load(mail_env), client).enqueue(
+        "send_email", "c@acme.example", "by name", text="x", priority="low"
+    )
+    # Then high goes to notifications, bulk to bulk, and the job enqueued by name on
+    # notifications moves itself to bulk when it runs
+    assert client.llen("rq:queue:notifications") == 2 and client.llen("rq:queue:bulk") == 1
+    _burst("notifications")
+    assert client.llen("rq:queue:bulk") == 2

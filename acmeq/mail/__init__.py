@@ -68,4 +68,19 @@ def enqueue_email(
     return str(getattr(job, "id", job))
 
 
-__all__ = ["enqueue_email", "job_name_for"]
+def confirmation(to: str | list[str], subject: str, text: str, **options: Any) -> str:
+    """A transactional message (seed ``SendEmailJob::confirmation``): priority high."""
+    return enqueue_email(to, subject, text=text, priority="high", **options)
+
+
+def notification(to: str | list[str], subject: str, text: str, **options: Any) -> str:
+    """An ordinary notification: priority normal (queue notifications)."""
+    return enqueue_email(to, subject, text=text, priority="normal", **options)
+
+
+def bulk(to: str | list[str], subject: str, text: str, **options: Any) -> str:
+    """A message that may wait: priority bulk (queue bulk)."""
+    return enqueue_email(to, subject, text=text, priority="bulk", **options)
+
+
+__all__ = ["bulk", "confirmation", "enqueue_email", "job_name_for", "notification"]

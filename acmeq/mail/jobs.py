@@ -29,6 +29,9 @@ def run_send_email(**kwargs: Any) -> dict[str, Any]:
     priority = kwargs.get("priority") or "normal"
     if priority not in PRIORITIES:
         raise UsageError(f"unknown mail priority {priority!r}; expected high, normal, low, bulk")
+    rerouted = _reroute(priority, kwargs)
+    if rerouted is not None:
+        return {"rerouted_to": rerouted}
     attempt = current_attempt()
     key = kwargs.get("message_key") or (
         f"job:{attempt.job_id}" if attempt.job_id else f"local:{uuid4().hex}"
@@ -51,6 +54,22 @@ def run_send_email(**kwargs: Any) -> dict[str, Any]:
     payload["message_key"] = key
     result = deliver(_engine(settings), transport_for(settings), out, key, attempt, payload)
     return _summary(result)
+
+
+def _reroute(priority: str, kwargs: dict[str, Any]) -> str | None:
+    """``acmeq.enqueue("send_email", ..., priority="bulk")`` lands on notifications (the job's
+    queue); move it to bulk, where its priority says it belongs. Returns the new job id."""
+    from rq import get_current_job
+
+    from acmeq.mail import BULK_PRIORITIES
+
+    job = get_current_job()
+    if job is None or priority not in BULK_PRIORITIES or job.origin == "bulk":
+        return None
+    from acmeq.queues import Enqueuer
+
+    moved = Enqueuer(process_settings(), job.connection).enqueue("send_email_bulk", **kwargs)
+    return str(moved.id)
 
 
 def _summary(result: dict[str, Any]) -> dict[str, Any]:
