@@ -34,6 +34,7 @@ from payments_support import (
 from acmeq.storage.models import Campaign, Donation
 from acmeq.web import mollie
 from acmeq.web import stripe as stripe_verify
+from acmeq.web.admin import list_events
 from acmeq.web.verify import VerificationError
 
 __all__ = ["pay"]  # the fixture
@@ -406,3 +407,71 @@ def test_paypal_verification_by_api_postback(pay: PayEnv) -> None:
     assert ok.status_code == 200 and refused.status_code == 400
     posted = [c for c in pay.fake.calls if c[1] == "/v1/notifications/verify-webhook-signature"]
     assert posted[0][2]["webhook_id"] == PAYPAL_WEBHOOK_ID  # from config, never the request
+
+
+# -- 5. event mapping outcomes, and the real `acmeq webhook serve` ---------------------------
+
+
+@pytest.mark.timeout(120)
+def test_unknown_types_are_ignored_and_mismatches_fail_for_good(
+    pay: PayEnv, redis_client: redis.Redis
+) -> None:
+    s = pay.seeded
+    donation = add_donation(pay.engine, s.campaign, s.outsider, 10_00)
+    unknown = stripe_event(donation, 10_00, kind="customer.created")
+    wrong_amount = stripe_event(donation, 99_00)
+    refunded = stripe_event(donation, 10_00, kind="charge.refunded", refunded=4_00)
+    with receiver(pay.settings) as rcv:
+        for body in (unknown, wrong_amount):
+            assert rcv.post("stripe", body, stripe_headers(body)).status_code == 200
+    drain()
+    rows = {e.event_type: e for e in list_events(pay.engine)}
+    assert rows["customer.created"].status == "ignored"
+    assert rows["payment_intent.succeeded"].status == "failed"
+    assert "amount mismatch" in (rows["payment_intent.succeeded"].error or "")
+    assert row(pay.engine, Donation, donation).status == "pending"
+    # A correct completion, then the provider's partial refund, through the receiver
+    good = stripe_event(donation, 10_00, event_id="evt_good")
+    with receiver(pay.settings) as rcv:
+        assert rcv.post("stripe", good, stripe_headers(good)).status_code == 200
+    drain()
+    with receiver(pay.settings) as rcv:
+        assert rcv.post("stripe", refunded, stripe_headers(refunded)).status_code == 200
+    drain()
+    d = row(pay.engine, Donation, donation)
+    assert (d.status, d.refunded_minor) == ("partially_refunded", 4_00)
+    assert row(pay.engine, Campaign, s.campaign).raised_minor == 6_00
+
+
+@pytest.mark.timeout(120)
+def test_acmeq_webhook_serve_runs_the_receiver(pay: PayEnv, redis_client: redis.Redis) -> None:
+    import subprocess
+    import sys
+
+    from conftest import free_port, wait_until
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "acmeq", "webhook", "serve", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                return False
+
+        wait_until("receiver healthy", healthy, timeout=60, every=0.2)
+        body = stripe_event(1, 1_00)
+        reply = httpx.post(
+            f"http://127.0.0.1:{port}/webhooks/stripe", content=body, headers=stripe_headers(body)
+        )
+        assert reply.status_code == 200 and reply.json()["status"] == "accepted"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert queued(redis_client) == ["webhook-1"]
