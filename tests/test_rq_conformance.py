@@ -27,6 +27,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -290,14 +291,17 @@ def timeout_scenario(client: redis.Redis) -> list[str]:
 
 
 def order_scenario(client: redis.Redis) -> list[str]:
+    """at_front, a job scheduled for later, a cancelled job, a retry with a delay (scheduled)."""
     import conformance_jobs as cj
 
     q = Queue(Q, connection=client, serializer=JSONSerializer)
     q.enqueue(cj.ordered, "a", job_id="o-a")
     q.enqueue(cj.ordered, "b", job_id="o-b")
     q.enqueue(cj.ordered, "c", job_id="o-c", at_front=True)
-    q.enqueue_in(__import__("datetime").timedelta(seconds=3600), cj.ordered, "d", job_id="o-d")
-    return ["o-a", "o-b", "o-c", "o-d"]
+    q.enqueue_in(timedelta(seconds=3600), cj.ordered, "d", job_id="o-d")
+    q.enqueue(cj.ordered, "e", job_id="o-cancelled").cancel()
+    q.enqueue(cj.flaky, 2, job_id="o-retry-later", retry=Retry(max=1, interval=600))
+    return ["o-a", "o-b", "o-c", "o-d", "o-cancelled", "o-retry-later"]
 
 
 def observed(
@@ -509,6 +513,9 @@ def test_a_pickled_job_and_a_foreign_callback_cost_one_failed_entry_each_never_a
                     "failure_callback_name": "conformance_jobs.not_declared",
                 },
             )
+    # and a job hash with missing fields
+    redis_client.hset("rq:job:broken", mapping={"origin": Q, "status": "queued"})
+    redis_client.rpush(f"rq:queue:{Q}", "broken")
     # When one acmeq worker serves the queue (burst)
     proc = start(system, redis_url, tmp_path)
     assert proc.wait(timeout=60) == 0, (tmp_path / f"{system}.err").read_text()[-2000:]
@@ -517,10 +524,11 @@ def test_a_pickled_job_and_a_foreign_callback_cost_one_failed_entry_each_never_a
         assert redis_client.hget(f"rq:job:{job_id}", "status") == b"finished", job_id
     assert redis_client.hget("rq:job:pickled", "status") == b"failed"
     assert redis_client.hget("rq:job:foreign", "status") == b"failed"
+    assert redis_client.hget("rq:job:broken", "status") == b"failed"
     calls = [_t(c) for c in redis_client.lrange(CALLS, 0, -1)]
     assert not [c for c in calls if c.startswith("FOREIGN")]
     failed = sorted(_t(m) for m in redis_client.zrange(f"rq:failed:{Q}", 0, -1))
-    assert failed == ["foreign", "pickled"]
+    assert failed == ["broken", "foreign", "pickled"]
 
 
 def test_maintenance_never_imports_a_foreign_callback_of_an_abandoned_job(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import signal
 import sys
 import traceback
@@ -25,9 +26,14 @@ def set_parent_death_signal(signum: int = signal.SIGKILL) -> bool:
     whether the call succeeded; elsewhere than on Linux it does nothing.
     """
     with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        return int(libc.prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0)) == 0
+        return int(_libc().prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0)) == 0
     return False
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    # Loaded once (find_library may run ldconfig): a forked work horse reuses the parent's.
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
 def raise_in_thread(thread_id: int, exc: type[BaseException]) -> bool:

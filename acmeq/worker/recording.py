@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+import zlib
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -157,7 +158,13 @@ class RecordingWorker(WorkerBase):
         job = AcmeqJob(started.job_id, connection=self.connection, serializer=JSONSerializer)
         composite = f"{started.job_id}:{started.exec_id}"
         with self.connection.pipeline() as pipe:
-            pipe.hset(job.key, mapping={"status": JobStatus.FAILED.value, "exc_info": exc_string})
+            pipe.hset(
+                job.key,
+                mapping={
+                    "status": JobStatus.FAILED.value,
+                    "exc_info": zlib.compress(exc_string.encode()),  # as RQ stores it
+                },
+            )
             pipe.zrem(self.queue_obj.started_job_registry.key, composite)
             pipe.delete(f"rq:execution:{composite}")
             pipe.srem(self.executions_key, composite)
