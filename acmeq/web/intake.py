@@ -347,13 +347,25 @@ class BatchWriter:
             except Exception as exc:
                 _fail(batch, exc)
                 continue
-            for pending, result in zip(batch, results, strict=True):
-                pending.loop.call_soon_threadsafe(_settle, pending.future, result)
+            _settle_batch(batch, results)
 
 
 def _fail(batch: Sequence[_Pending], exc: Exception) -> None:
     if not isinstance(exc, StoreUnavailable):
         log.exception("webhook batch failed")
         exc = StoreUnavailable("database", exc)
-    for pending in batch:
-        pending.loop.call_soon_threadsafe(_settle, pending.future, exc)
+    _settle_batch(batch, [exc] * len(batch))
+
+
+def _settle_batch(batch: Sequence[_Pending], results: Sequence[Accepted | BaseException]) -> None:
+    """Answer a batch with one wake-up of each event loop (not one per request)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, Any]]] = {}
+    for pending, result in zip(batch, results, strict=True):
+        by_loop.setdefault(pending.loop, []).append((pending.future, result))
+    for loop, pairs in by_loop.items():
+        loop.call_soon_threadsafe(_settle_all, pairs)
+
+
+def _settle_all(pairs: list[tuple[Any, Any]]) -> None:
+    for future, result in pairs:
+        _settle(future, result)
