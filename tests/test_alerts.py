@@ -37,7 +37,14 @@ from acmeq.master.control import set_paused
 from acmeq.observability.alerts import engine as alerts
 from acmeq.observability.alerts.channels import mask_webhook
 from acmeq.observability.alerts.notice import NoticeKind
-from acmeq.observability.alerts.rules import QueueState, decide
+from acmeq.observability.alerts.rules import (
+    QueueState,
+    Standing,
+    deadman_window,
+    decide,
+    standing,
+)
+from acmeq.observability.probe import QueueSnapshot
 from acmeq.queues import Enqueuer, JobCall
 from acmeq.worker.process import WorkerOptions
 
@@ -339,6 +346,53 @@ def test_a_state_alert_fires_once_reminds_after_the_cooldown_and_resolves_once()
 
 
 # -- rules on a real Redis ------------------------------------------------------------------------
+
+
+def _load(queue: str, ready: int, age: float | None = None, done: int = 0) -> QueueSnapshot:
+    return QueueSnapshot(queue, ready, 0, 0, 0, 0, 0, age, False, False, 0, 0, done, 0, 0.0)
+
+
+def test_status_shows_only_the_alerts_that_still_hold() -> None:
+    # Given active wait, backlog and dead-man alerts on maintenance (backlog threshold 50) and a
+    # failure alert on payments, stored by an evaluator that has since stopped
+    s = Settings.load(env={})
+    now = 1_800_000_000.0
+    window = deadman_window(s, s.queues["maintenance"])
+    active = {
+        "wait:maintenance": {"rule": "wait", "queue": "maintenance", "message": "old"},
+        "backlog:maintenance": {"rule": "backlog", "queue": "maintenance", "message": "old"},
+        "deadman:maintenance": {"rule": "deadman", "queue": "maintenance", "message": "old"},
+        "failed:payments": {
+            "rule": "failed",
+            "queue": "payments",
+            "since": now - 60,
+            "last_event": now - 60,
+            "updated_at": now - 600,
+        },
+    }
+    clocks = {"maintenance": {"count": 5, "since": now - window - 10}}
+
+    def shown(load: QueueSnapshot, running: bool = False) -> dict[str, Standing]:
+        return {a.id: a for a in standing(s, {"maintenance": load}, active, clocks, now, running)}
+
+    # When 2001 jobs are still ready and none finished since the clock started
+    held = shown(_load("maintenance", 2001, age=60.0, done=5))
+    # Then backlog and dead-man hold, with today's numbers; wait does not (60 s < 3600 s)
+    assert set(held) == {"backlog:maintenance", "deadman:maintenance", "failed:payments"}
+    assert held["backlog:maintenance"].record["message"] == "2001 jobs ready (threshold 50)"
+    # and the failure alert, which no probe can re-check, is stale (no evaluator runs)
+    assert held["failed:payments"].stale_s == 600.0
+    assert (
+        shown(_load("maintenance", 2001, done=5), running=True)["failed:payments"].stale_s is None
+    )
+
+    # When the queue was cleared: only the failure alert is left
+    assert set(shown(_load("maintenance", 0, done=5))) == {"failed:payments"}
+    # When a job finished since the clock started: the dead-man alert no longer holds
+    assert "deadman:maintenance" not in shown(_load("maintenance", 2001, done=6))
+    # When the failure alert's quiet period (cooldown) is over, it is gone too
+    later = standing(s, {}, active, clocks, now + s.alerts.cooldown, False)
+    assert [a.id for a in later] == []
 
 
 def test_wait_alert_fires_is_deduplicated_resolves_and_mails_and_posts_each_notice(
