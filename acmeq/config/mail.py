@@ -127,7 +127,13 @@ def build_mail(loader: Loader) -> MailSettings:
     kind = loader._choice(k + "transport", TransportKind)
     if kind is TransportKind.AUTO:
         kind = TransportKind.SMTP if (host or mon_host_set) else TransportKind.OUTBOX
-        loader._effective(k + "transport", str(kind), loader.sources.get(k + "transport", ""))
+        origin = loader.sources.get(k + "smtp_host" if host else "monitoring.smtp_host")
+        source = loader.sources.get(k + "transport", "default")
+        loader._effective(
+            k + "transport",
+            str(kind),
+            f"{source} (auto: {origin})" if kind is TransportKind.SMTP else f"{source} (auto)",
+        )
     from_address = loader._str(k + "from_address").strip()
     if "@" not in from_address:
         loader._bad(k + "from_address", "must be an email address")
