@@ -36,6 +36,7 @@ from sqlalchemy.engine import Engine
 
 import acmeq.config.settings as settings_module
 from acmeq.config.settings import Settings
+from acmeq.errors import UsageError
 from acmeq.mail import enqueue_email, store
 from acmeq.mail.jobs import run_send_email
 from acmeq.mail.notifications import (
@@ -271,7 +272,8 @@ def test_a_message_with_an_attachment_cc_and_bcc_arrives_once_in_dutch(
 ) -> None:
     # Given the SMTP server as the mail transport and an export file to attach
     use_smtp(monkeypatch, smtp)
-    export = tmp_path / "donations.csv"
+    export = tmp_path / "state" / "exports" / "donations.csv"  # where export files are kept
+    export.parent.mkdir(parents=True)
     export.write_text("id,amount\n1,1234.56\n")
     context = {
         "donor_name": "Jan",
@@ -345,6 +347,15 @@ def test_mail_test_over_an_unreachable_server_fails_in_one_line(mail_env: Path) 
     )
     assert result.returncode == 1
     assert result.stderr.strip() == f"acmeq: error: smtp 127.0.0.1:{port}: Connection refused"
+
+
+def test_a_file_outside_the_allowed_directories_is_never_attached(
+    mail_env: Path, tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("s3cret")
+    with pytest.raises(UsageError, match="outside the allowed directories"):
+        run_send_email(to=["x@acme.example"], subject="s", text="t", attachments=[str(secret)])
 
 
 def test_a_bad_address_is_a_usage_error(mail_env: Path) -> None:

@@ -70,6 +70,9 @@ class MailSettings:
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
     default_locale: str = "en"
     bulk_batch_size: int = 200
+    # Directories attachments may come from (besides the state directory, which holds the
+    # export files): a job's arguments must not be able to mail any file the worker can read.
+    attachment_dirs: tuple[Path, ...] = ()
 
     def outbox_path(self, state_dir: Path) -> Path:
         return self.outbox_dir or (state_dir / "outbox")
@@ -90,6 +93,7 @@ def mail_defaults() -> dict[str, Any]:
         "timeout": DEFAULT_TIMEOUT_S,
         "default_locale": "en",
         "bulk_batch_size": 200,
+        "attachment_dirs": [],
     }
 
 
@@ -150,4 +154,8 @@ def build_mail(loader: Loader) -> MailSettings:
         smtp=smtp,
         default_locale=locale,
         bulk_batch_size=loader._int(k + "bulk_batch_size", 1),
+        attachment_dirs=tuple(
+            Path(d).expanduser()
+            for d in loader._list(k + "attachment_dirs", lambda v: isinstance(v, str), "paths")
+        ),
     )

@@ -113,6 +113,8 @@ def compose(
         loc = rendered.locale
     if not subject:
         raise UsageError("a mail needs a subject (or a template that gives one)")
+    for name in attachments or []:
+        check_attachment(settings, name)
     if text is None and html is None:
         raise UsageError("a mail needs a template, text or html")
     return Outgoing(
@@ -128,6 +130,22 @@ def compose(
         template=template or "",
         locale=loc,
     )
+
+
+def check_attachment(settings: Settings, name: str) -> None:
+    """Refuse a file outside the state directory (exports live there), the exports directory
+    and ``[mail] attachment_dirs``: whoever can enqueue a job must not mail out any file."""
+    path = Path(name).resolve()
+    roots = [
+        settings.state_dir,
+        settings.exports.directory(settings.state_dir),
+        *settings.mail.attachment_dirs,
+    ]
+    if not any(path.is_relative_to(Path(root).resolve()) for root in roots):
+        raise UsageError(
+            f"attachment {name!r} is outside the allowed directories "
+            f"({', '.join(str(r) for r in roots)}); add its directory to [mail] attachment_dirs"
+        )
 
 
 def message_id(key: str, from_address: str) -> str:
