@@ -58,7 +58,7 @@ HUNG_CHECK_S = 1.0
 PING_S = 0.5  # while Redis is away, how often the master checks whether it is back
 RECOVER_RETRY_S = 1.0  # recovery that failed (Redis away) is tried again this often
 BOOT_GRACE_S = 30.0  # a new worker's heartbeat file starts this far in the future
-LOST_JUDGE_AFTER_S = 30.0  # Redis up this long before missing job heartbeats mean a dead worker
+LOST_JUDGE_AFTER_S = 20.0  # Redis up this long before missing job heartbeats count (beats: 10 s)
 CRASH_STOP_S = 30.0  # after an internal error, workers get this long to stop gracefully
 FAIL_HOOK_ENV = "ACMEQ_TEST_MASTER_FAIL_FILE"  # tests: the loop raises once this file exists
 

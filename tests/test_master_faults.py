@@ -151,6 +151,20 @@ def assert_every_job_completed(client: redis.Redis, ledger: Path, tokens: dict[s
     print(f"ledger: {len(tokens)} jobs, {sum(runs.values())} runs, {duplicates} duplicate run(s)")
 
 
+def unfinished(client: redis.Redis, tokens: dict[str, str], ledger: Path) -> list[str]:
+    """The jobs not finished yet, with what Redis and the ledger say about them (diagnostics)."""
+    runs = ledger_counts(ledger)
+    out = []
+    for token, job_id in tokens.items():
+        fields = client.hmget(f"rq:job:{job_id}", ["status", "worker_name", "origin"])
+        status, worker, origin = (f.decode() if f else "-" for f in fields)
+        if status != "finished":
+            wip = [m.decode() for m in client.zrange(f"rq:wip:{origin}", 0, -1)]
+            running = any(m.startswith(job_id) for m in wip)
+            out.append(f"{token} {status} worker={worker} in_wip={running} runs={runs[token]}")
+    return out[:10]
+
+
 def live_workers(master: MasterProcess) -> list[psutil.Process]:
     return [w for w in master.workers() if alive(w)]
 
@@ -256,7 +270,8 @@ def test_a_redis_outage_under_load_loses_nothing_and_drains_without_a_restart(
     wait_until(
         "every job finished after the outage",
         lambda: (
-            (c := statuses(client, list(tokens.values())))["finished"] == len(tokens) or print(c)
+            statuses(client, list(tokens.values()))["finished"] == len(tokens)
+            or print(unfinished(client, tokens, ledger))
         ),
         timeout=60,
         every=2.0,
@@ -521,8 +536,17 @@ def test_jobs_of_a_worker_that_stopped_heartbeating_are_recovered_whatever_their
     assert [m.decode().split(":")[0] for m in redis_client.zrange("rq:wip:reports", 0, -1)] == [
         live
     ]
-    # and a worker the master knows to be alive is never judged by its Redis heartbeat
+    # and a worker the master knows to be alive is not judged dead by its Redis heartbeat
     assert recover_lost_workers(redis_client, "reports", alive={"far-host.w.2"}, lost_after=1) == []
+    # but an execution it has stopped heartbeating (it lost track of the job: the reply to its
+    # start script was lost with the connection) is recovered, and the worker stays registered
+    redis_client.sadd("rq:workers", "rq:worker:far-host.w.2")
+    orphans = recover_lost_workers(
+        redis_client, "reports", alive={"far-host.w.2"}, orphaned_after=1
+    )
+    assert orphans == [live]
+    assert AcmeqJob.fetch(live, connection=redis_client).get_status() == JobStatus.QUEUED
+    assert redis_client.sismember("rq:workers", "rq:worker:far-host.w.2")
 
 
 @pytest.mark.timeout(90)

@@ -207,11 +207,8 @@ def list_(as_json: JsonOpt = False) -> None:
         if m.processes:
             show(procs)
         for sup in m.supervisors:
-            for pool in sup.get("pools", []):
-                if pool.get("halted"):
-                    console.print(
-                        f"  [red]pool {sup['name']}/{pool['queue']} halted:[/] {pool['halted']}"
-                    )
+            for problem in control.pool_problems(sup):  # halted or backing-off pools
+                console.print(f"  [red]pool {sup['name']}/{problem}[/]", highlight=False)
 
 
 @app.command()

@@ -63,18 +63,29 @@ def recover_dead_worker(
     reason: str,
     settings: Settings | None = None,
     composites: Iterable[str] = (),
+    *,
+    alive: bool = False,
 ) -> list[str]:
     """Retry or fail every job the dead worker had started; return their ids.
 
     ``composites`` adds executions (``<job id>:<execution id>``) known to be the worker's
-    beyond its executions set (which may have expired with the worker's keys).
+    beyond its executions set (which may have expired with the worker's keys). With ``alive``
+    the worker lives on and only ``composites`` are recovered: executions it lost track of
+    (the reply to its start script was lost with the connection during a Redis outage).
 
     With ``settings``, jobs failed for good are also recorded in SQL (``failed_jobs``). Their
     progress records (jobs that track progress) end too: failed, or pending when retried; the
     database is the one of ``settings`` (default: this process's settings).
     """
     executions_key = f"rq:worker:{worker_name}:executions"
-    composites = sorted({text(c) for c in connection.smembers(executions_key)} | set(composites))
+    if alive:
+        composites = sorted(set(composites))
+        if composites:
+            connection.srem(executions_key, *composites)
+    else:
+        composites = sorted(
+            {text(c) for c in connection.smembers(executions_key)} | set(composites)
+        )
     queue = _queue(queue_name, connection)
     recovered: list[str] = []
     retried: list[str] = []
@@ -103,7 +114,8 @@ def recover_dead_worker(
                 counted.record(time.time(), queue_name, job_name(job), ran, ok=False)
                 recovered.append(job_id)
             pipe.execute()
-    deregister_worker(connection, worker_name, queue_name)
+    if not alive:
+        deregister_worker(connection, worker_name, queue_name)
     with contextlib.suppress(redis.RedisError):
         counted.flush(connection)
     if settings is not None:
@@ -196,6 +208,9 @@ def maintain_queue(connection: redis.Redis, queue_name: str) -> None:
 # A running job's execution heartbeat is refreshed every 10 s by its worker's watchdog; this
 # long without one, its worker is dead (the master that started it died with it, or its host).
 HEARTBEAT_LOST_S = 60.0
+# A live worker (its master sees the process) that has not heartbeated one of its executions
+# this long does not run it: the start script ran but its reply was lost (Redis went away).
+ORPHANED_S = 30.0
 
 
 def recover_lost_workers(
@@ -204,9 +219,11 @@ def recover_lost_workers(
     alive: Collection[str],
     settings: Settings | None = None,
     lost_after: float = HEARTBEAT_LOST_S,
+    orphaned_after: float = ORPHANED_S,
 ) -> list[str]:
     """Recover the jobs of workers (not in ``alive``) whose executions on ``queue_name`` have
-    not heartbeated for ``lost_after`` seconds; return the recovered job ids.
+    not heartbeated for ``lost_after`` seconds, and the executions of live workers (in
+    ``alive``) not heartbeated for ``orphaned_after`` seconds; return the recovered job ids.
 
     The caller must have reached Redis for a while: right after an outage every heartbeat looks
     old until the workers' next beat.
@@ -220,6 +237,8 @@ def recover_lost_workers(
         pipe.hmget(f"rq:execution:{composite}", ["worker_name", "last_heartbeat"])
     lost: dict[str, list[str]] = {}
     newest: dict[str, float] = {}
+    orphans: dict[str, list[str]] = {}
+    stamp = time.time()
     replies: list[list[bytes | None]] = pipe.execute()
     for composite, (raw_worker, beat) in zip(composites, replies, strict=True):
         if not raw_worker or beat is None:
@@ -227,12 +246,18 @@ def recover_lost_workers(
         name = text(raw_worker)
         lost.setdefault(name, []).append(composite)
         newest[name] = max(newest.get(name, 0.0), float(beat))
+        if name in alive and stamp - float(beat) > orphaned_after:
+            orphans.setdefault(name, []).append(composite)
     recovered: list[str] = []
-    stamp = time.time()
     for worker, mine in lost.items():
         age = stamp - newest[worker]
         if worker in alive or age < lost_after:
             continue
         reason = f"worker {worker} stopped heartbeating {age:.0f} s ago"
         recovered += recover_dead_worker(connection, worker, queue_name, reason, settings, mine)
+    for worker, mine in orphans.items():
+        reason = f"worker {worker} lost track of the job (no heartbeat for {orphaned_after:g} s)"
+        recovered += recover_dead_worker(
+            connection, worker, queue_name, reason, settings, mine, alive=True
+        )
     return recovered
