@@ -6,8 +6,8 @@ in its own process group, in a working directory whose ``acmeq.toml`` defines sm
 would: job statuses and results, RQ's registries, the master's exit code and log, ``acmeq worker
 list --json`` and the process table (psutil). A second process (``run_cli``) plays the operator on
 another terminal or host. Waits are bounded by generous deadlines; no test asserts how long
-anything took. Whatever a test leaves running is killed (the master's whole process group) and
-the master's log is printed when a test fails.
+anything took. Whatever a test leaves running is killed (the master's whole process tree: workers
+run in sessions of their own) and the master's log is printed when a test fails.
 """
 
 from __future__ import annotations
@@ -357,7 +357,6 @@ def test_a_worker_killed_mid_job_is_replaced_and_its_job_is_retried_or_failed_ne
         lambda: status(redis_client, retried) == JobStatus.FINISHED,
         timeout=40,
     )
-    assert f"Job {retried}: scheduled for retry" in master.log()
     assert AcmeqJob.fetch(retried, connection=redis_client).retries_left == 1  # one retry used
 
     # and the job with one try is failed as abandoned, exactly once, not run again
