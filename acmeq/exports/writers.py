@@ -102,8 +102,11 @@ def csv_row_function(columns: Sequence[Column], dialect: CsvDialect) -> Callable
             parts.append(f"(None if {v} is None else _m[{v}])")
         elif kind is Kind.PERCENT:
             parts.append(f"(None if {v} is None else f'{{{v} * 100:.2f}}'{comma})")
-        elif kind is Kind.DATETIME:
-            parts.append(f"(None if {v} is None else {v}.isoformat(timespec='seconds'))")
+        elif kind is Kind.DATETIME:  # a datetime, or SQLite's stored UTC text (see queries)
+            parts.append(
+                f"(None if {v} is None else {v}[:10] + 'T' + {v}[11:19] + '+00:00' "
+                f"if {v}.__class__ is str else {v}.isoformat(timespec='seconds'))"
+            )
         elif kind is Kind.DATE:
             parts.append(f"(None if {v} is None else {v}.isoformat())")
         else:  # BOOL
