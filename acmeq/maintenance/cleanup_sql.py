@@ -80,7 +80,9 @@ def run_sweep(
     while True:
         query = base
         if last is not None:
-            query = query.where(sa.or_(when > last[0], sa.and_(when == last[0], pk > last[1])))
+            # ">=" first: a plain range the index serves (with the OR alone SQLite scanned
+            # from the oldest row on every batch); the OR then skips the rows already seen.
+            query = query.where(when >= last[0], sa.or_(when > last[0], pk > last[1]))
         with result.transaction(), engine.begin() as conn:
             rows = conn.execute(query).all()
             if not rows:
