@@ -634,6 +634,18 @@ def test_a_pool_whose_workers_cannot_boot_halts_instead_of_respawning(
     assert master.proc.poll() is None
     assert [p.pid for p in master.workers()] == [p.pid for p in steady]
 
+    # When the module is fixed and the operator asks for a restart (as after a deploy)
+    marker.unlink()
+    assert run_cli("worker", "restart").returncode == 0
+    # Then the halted pool tries again, boots, and the waiting job runs
+    wait_until(
+        "the waiting job to finish after the restart",
+        lambda: status(redis_client, job) == JobStatus.FINISHED,
+        timeout=60,
+    )
+    view = master.view(redis_client)
+    assert view is not None and pool(view, "flaky", "notifications")["halted"] is None
+
 
 # -- 6. memory limits ------------------------------------------------------------------------------
 
