@@ -3,9 +3,9 @@
 Each finished job adds to one hash per minute (``acmeq:metrics:m:<epoch minute>``) and one per
 hour (``acmeq:metrics:h:<epoch hour>``); both expire by themselves after the retention of their
 resolution (default: minutes for a day, hours for a month), which is the whole of "trimming".
-Successes are written by the worker's finish script (:mod:`acmeq.worker.fastpath`, no extra round
-trip);
-failures by :func:`record_failure` in the failure path. Fields, per queue ``Q`` and per job
+Successes and failures are summed in each worker and written about once a second by one piece of
+code (:mod:`acmeq.worker.metrics_buffer`, ``lua/metrics_flush.lua``); this module keeps the key
+layout and the bucket labels. Fields, per queue ``Q`` and per job
 function ``job:NAME``::
 
     Q|processed  Q|failed  Q|runtime (sum s)  Q|max (s)  Q|wait (sum s)
