@@ -13,13 +13,16 @@ import os
 import signal
 import subprocess
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 import redis
 
+from acmeq.config.settings import Settings
 from acmeq.master import control
+from acmeq.queues import Enqueuer, JobCall
 
 from conftest import wait_until
 
@@ -157,3 +160,125 @@ class MasterStarter:
                 master.proc.wait(timeout=10)
             print(f"---- log of master {master.name} (pid {master.pid}) ----")
             print(master.log())
+
+
+# -- the fault tests' profiles and ledger (tests/test_master_faults.py, test_master_outage.py) ----
+
+# Queues retry often and at once, so kills and outages cost a retry, never a job.
+FAULTS_CONFIG = """
+[queues.notifications]
+tries = 20
+backoff = [0]
+
+[queues.payments]
+tries = 20
+backoff = [0]
+
+[queues.reports]
+tries = 20
+backoff = [0]
+
+[profiles.outage.supervisors.inline]
+queues = ["notifications"]
+balance = "off"
+min_processes = 1
+max_processes = 1
+mode = "inline"
+
+[profiles.outage.supervisors.threads]
+queues = ["payments"]
+balance = "off"
+min_processes = 1
+max_processes = 1
+mode = "threads"
+concurrency = 4
+
+[profiles.outage.supervisors.fork]
+queues = ["reports"]
+balance = "off"
+min_processes = 1
+max_processes = 1
+mode = "fork"
+
+[profiles.storm.supervisors.storm]
+queues = ["notifications"]
+balance = "off"
+min_processes = 2
+max_processes = 2
+mode = "inline"
+
+[profiles.single.supervisors.single]
+queues = ["notifications"]
+balance = "off"
+min_processes = 1
+max_processes = 1
+
+[profiles.sched.supervisors.sched]
+queues = ["reports"]
+balance = "off"
+min_processes = 1
+max_processes = 1
+"""
+
+LEDGER_JOBS = {
+    "notifications": "ledger_inline",
+    "payments": "ledger_threads",
+    "reports": "ledger_fork",
+}
+
+
+def enqueuer_for(client: redis.Redis, toml: Path) -> Enqueuer:
+    return Enqueuer(Settings.load(toml), client)
+
+
+def statuses(client: redis.Redis, ids: list[str]) -> Counter[str]:
+    pipe = client.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hget(f"rq:job:{job_id}", "status")
+    return Counter((s or b"missing").decode() for s in pipe.execute())
+
+
+def ledger_counts(path: Path) -> Counter[str]:
+    if not path.exists():
+        return Counter()
+    return Counter(line for line in path.read_text().splitlines() if line)
+
+
+def enqueue_ledger(
+    enqueuer: Enqueuer, ledger: Path, counts: dict[str, int], seconds: float
+) -> dict[str, str]:
+    """Enqueue ``counts[queue]`` ledger jobs on each queue; return token -> job id."""
+    calls = [
+        JobCall(LEDGER_JOBS[q], (str(ledger), f"{q}-{i}", seconds))
+        for q, n in counts.items()
+        for i in range(n)
+    ]
+    ids = enqueuer.enqueue_many(calls)
+    return {str(call.args[1]): job_id for call, job_id in zip(calls, ids, strict=True)}
+
+
+def assert_every_job_completed(client: redis.Redis, ledger: Path, tokens: dict[str, str]) -> None:
+    assert statuses(client, list(tokens.values())) == Counter({"finished": len(tokens)})
+    runs = ledger_counts(ledger)
+    missing = [t for t in tokens if runs[t] == 0]
+    assert missing == [], f"{len(missing)} jobs never completed a run: {missing[:5]}"
+    duplicates = sum(n - 1 for t, n in runs.items() if n > 1)
+    print(f"ledger: {len(tokens)} jobs, {sum(runs.values())} runs, {duplicates} duplicate run(s)")
+
+
+def unfinished(client: redis.Redis, tokens: dict[str, str], ledger: Path) -> list[str]:
+    """The jobs not finished yet, with what Redis and the ledger say about them (diagnostics)."""
+    runs = ledger_counts(ledger)
+    out = []
+    for token, job_id in tokens.items():
+        fields = client.hmget(f"rq:job:{job_id}", ["status", "worker_name", "origin"])
+        status, worker, origin = (f.decode() if f else "-" for f in fields)
+        if status != "finished":
+            wip = [m.decode() for m in client.zrange(f"rq:wip:{origin}", 0, -1)]
+            running = any(m.startswith(job_id) for m in wip)
+            out.append(f"{token} {status} worker={worker} in_wip={running} runs={runs[token]}")
+    return out[:10]
+
+
+def live_workers(master: MasterProcess) -> list[psutil.Process]:
+    return [w for w in master.workers() if alive(w)]

@@ -1,11 +1,10 @@
 """The master under faults, as a real process tree: Redis outages, hung workers, kill storms, its
-own bugs, a master killed and replaced, and what it leaves behind.
+own bugs, a master killed and replaced, and what it leaves behind (Redis outages:
+tests/test_master_outage.py).
 
 Jobs write a ledger line per run (tests/master_jobs.py), so "nothing lost" is checked twice: every
 job's status is ``finished`` and every token is in the ledger (duplicates, the at-least-once
-price of a crash, are counted and printed, never required to be zero). The Redis outage tests run
-their own redis-server with an append-only file so that stopping and restarting it keeps the
-queues, as a production Redis would.
+price of a crash, are counted and printed, never required to be zero).
 """
 
 from __future__ import annotations
@@ -14,10 +13,8 @@ import contextlib
 import os
 import random
 import signal
-import subprocess
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -25,82 +22,29 @@ from pathlib import Path
 import psutil
 import pytest
 import redis
-from master_support import MasterProcess, MasterStarter, alive
+from master_support import (
+    FAULTS_CONFIG,
+    MasterProcess,
+    MasterStarter,
+    alive,
+    assert_every_job_completed,
+    enqueue_ledger,
+    enqueuer_for,
+    live_workers,
+    statuses,
+)
 from rq.job import JobStatus
 
 from acmeq.config.settings import Settings
-from acmeq.queues import AcmeqJob, Enqueuer, JobCall
-from acmeq.storage.redis_client import find_redis_server
+from acmeq.queues import AcmeqJob, JobCall
 
-from conftest import free_port, run_cli, wait_until
-
-# Queues retry often and at once, so kills and outages cost a retry, never a job.
-CONFIG = """
-[queues.notifications]
-tries = 20
-backoff = [0]
-
-[queues.payments]
-tries = 20
-backoff = [0]
-
-[queues.reports]
-tries = 20
-backoff = [0]
-
-[profiles.outage.supervisors.inline]
-queues = ["notifications"]
-balance = "off"
-min_processes = 1
-max_processes = 1
-mode = "inline"
-
-[profiles.outage.supervisors.threads]
-queues = ["payments"]
-balance = "off"
-min_processes = 1
-max_processes = 1
-mode = "threads"
-concurrency = 4
-
-[profiles.outage.supervisors.fork]
-queues = ["reports"]
-balance = "off"
-min_processes = 1
-max_processes = 1
-mode = "fork"
-
-[profiles.storm.supervisors.storm]
-queues = ["notifications"]
-balance = "off"
-min_processes = 2
-max_processes = 2
-mode = "inline"
-
-[profiles.single.supervisors.single]
-queues = ["notifications"]
-balance = "off"
-min_processes = 1
-max_processes = 1
-
-[profiles.sched.supervisors.sched]
-queues = ["reports"]
-balance = "off"
-min_processes = 1
-max_processes = 1
-"""
-
-LEDGER_JOBS = {
-    "notifications": "ledger_inline",
-    "payments": "ledger_threads",
-    "reports": "ledger_fork",
-}
+from conftest import run_cli, wait_until
 
 
 @pytest.fixture(autouse=True)
 def acmeq_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, job_modules: str) -> Path:
     path = tmp_path / "acmeq.toml"
-    path.write_text(CONFIG)
+    path.write_text(FAULTS_CONFIG)
     monkeypatch.setenv("ACMEQ_JOB_MODULES", "sample_jobs,master_jobs")
     return path
 
@@ -110,185 +54,6 @@ def start_master(redis_url: str, tmp_path: Path) -> Iterator[MasterStarter]:
     starter = MasterStarter(tmp_path, redis_url)
     yield starter
     starter.cleanup()
-
-
-def enqueuer_for(client: redis.Redis, toml: Path) -> Enqueuer:
-    return Enqueuer(Settings.load(toml), client)
-
-
-def statuses(client: redis.Redis, ids: list[str]) -> Counter[str]:
-    pipe = client.pipeline(transaction=False)
-    for job_id in ids:
-        pipe.hget(f"rq:job:{job_id}", "status")
-    return Counter((s or b"missing").decode() for s in pipe.execute())
-
-
-def ledger_counts(path: Path) -> Counter[str]:
-    if not path.exists():
-        return Counter()
-    return Counter(line for line in path.read_text().splitlines() if line)
-
-
-def enqueue_ledger(
-    enqueuer: Enqueuer, ledger: Path, counts: dict[str, int], seconds: float
-) -> dict[str, str]:
-    """Enqueue ``counts[queue]`` ledger jobs on each queue; return token -> job id."""
-    calls = [
-        JobCall(LEDGER_JOBS[q], (str(ledger), f"{q}-{i}", seconds))
-        for q, n in counts.items()
-        for i in range(n)
-    ]
-    ids = enqueuer.enqueue_many(calls)
-    return {str(call.args[1]): job_id for call, job_id in zip(calls, ids, strict=True)}
-
-
-def assert_every_job_completed(client: redis.Redis, ledger: Path, tokens: dict[str, str]) -> None:
-    assert statuses(client, list(tokens.values())) == Counter({"finished": len(tokens)})
-    runs = ledger_counts(ledger)
-    missing = [t for t in tokens if runs[t] == 0]
-    assert missing == [], f"{len(missing)} jobs never completed a run: {missing[:5]}"
-    duplicates = sum(n - 1 for t, n in runs.items() if n > 1)
-    print(f"ledger: {len(tokens)} jobs, {sum(runs.values())} runs, {duplicates} duplicate run(s)")
-
-
-def unfinished(client: redis.Redis, tokens: dict[str, str], ledger: Path) -> list[str]:
-    """The jobs not finished yet, with what Redis and the ledger say about them (diagnostics)."""
-    runs = ledger_counts(ledger)
-    out = []
-    for token, job_id in tokens.items():
-        fields = client.hmget(f"rq:job:{job_id}", ["status", "worker_name", "origin"])
-        status, worker, origin = (f.decode() if f else "-" for f in fields)
-        if status != "finished":
-            wip = [m.decode() for m in client.zrange(f"rq:wip:{origin}", 0, -1)]
-            running = any(m.startswith(job_id) for m in wip)
-            out.append(f"{token} {status} worker={worker} in_wip={running} runs={runs[token]}")
-    return out[:10]
-
-
-def live_workers(master: MasterProcess) -> list[psutil.Process]:
-    return [w for w in master.workers() if alive(w)]
-
-
-# -- Redis outages ---------------------------------------------------------------------------------
-
-
-class RestartableRedis:
-    """A private redis-server with an append-only file, stopped and started on the same port."""
-
-    def __init__(self, workdir: Path) -> None:
-        binary = find_redis_server()
-        assert binary is not None
-        self.binary = binary
-        self.workdir = workdir
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.start()
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port)
-        wait_until("redis-server to answer", lambda: _pings(client), timeout=20)
-
-    def stop(self) -> None:
-        assert self.proc is not None
-        self.proc.terminate()  # a clean shutdown: the append-only file is complete
-        self.proc.wait(timeout=20)
-
-    def url(self, db: int = 1) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-
-
-@pytest.fixture
-def outage_redis(tmp_path: Path) -> Iterator[RestartableRedis]:
-    workdir = tmp_path / "redis-aof"
-    workdir.mkdir()
-    server = RestartableRedis(workdir)
-    yield server
-    if server.proc is not None and server.proc.poll() is None:
-        server.stop()
-
-
-LONG_OUTAGE = pytest.mark.skipif(
-    not os.environ.get("ACMEQ_LONG_TESTS"),
-    reason="a 2-minute Redis outage: set ACMEQ_LONG_TESTS=1 (CI does)",
-)
-
-
-@pytest.mark.timeout(420)
-@pytest.mark.parametrize("seconds", [5, 20, pytest.param(120, marks=LONG_OUTAGE)])
-def test_a_redis_outage_under_load_loses_nothing_and_drains_without_a_restart(
-    seconds: int,
-    outage_redis: RestartableRedis,
-    start_master: MasterStarter,
-    acmeq_toml: Path,
-    tmp_path: Path,
-) -> None:
-    # Given a master serving an inline, a threads x4 and a fork pool on a Redis of its own
-    url = outage_redis.url()
-    client = redis.Redis.from_url(url)
-    master = start_master("outage", "outage-host", env={"REDIS_URL": url})
-    wait_until("three workers", lambda: len(client.smembers("rq:workers")) == 3, timeout=60)
-    # and 500 jobs of 30 ms being worked on (fewer on fork, the slowest model)
-    ledger = tmp_path / "ledger.txt"
-    counts = {"notifications": 200, "payments": 240, "reports": 60}
-    tokens = enqueue_ledger(enqueuer_for(client, acmeq_toml), ledger, counts, 0.03)
-    wait_until("work under way", lambda: sum(ledger_counts(ledger).values()) >= 60, timeout=60)
-    workers_before = {w.pid for w in live_workers(master)}
-
-    # When Redis stops for a while and comes back
-    outage_redis.stop()
-    time.sleep(seconds)
-    outage_redis.start()
-    back = time.monotonic()
-
-    # Then every job finishes within a minute of Redis returning, with no restart by hand
-    wait_until(
-        "every job finished after the outage",
-        lambda: (
-            statuses(client, list(tokens.values()))["finished"] == len(tokens)
-            or print(unfinished(client, tokens, ledger))
-        ),
-        timeout=60,
-        every=2.0,
-    )
-    print(f"drained {time.monotonic() - back:.1f} s after Redis returned")
-    assert_every_job_completed(client, ledger, tokens)
-    # and the master never stopped, logged the outage once and its end
-    assert master.proc.poll() is None
-    log = master.log()
-    master_lines = [line for line in log.splitlines() if "acmeq.master[" in line]
-    assert sum("Redis unreachable (" in line for line in master_lines) == 1, log
-    assert "Redis is back after" in log
-    assert "halted" not in log
-    # and the pools are whole again (workers kept their processes or were replaced)
-    wait_until("three workers again", lambda: len(live_workers(master)) == 3, timeout=30)
-    kept = workers_before & {w.pid for w in live_workers(master)}
-    print(f"workers kept through the outage: {len(kept)}/3")
 
 
 # -- hung workers ----------------------------------------------------------------------------------
