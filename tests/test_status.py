@@ -300,6 +300,7 @@ SCHEMA: dict[str, dict[str, Any]] = {
         "paused": bool,
         "processes_busy": int,
         "processes_total": int,
+        "problems": list,  # pools halted or backing off after crashes (strings)
     },
     "alert": {
         "id": str,
