@@ -1,1 +1,2 @@
-"""The master's internals: autoscale policy and simulator, cluster control through Redis."""
+"""The master's internals: the pure pool lifecycle and autoscale policy (with host budgets and a
+trace simulator), what the master reads from Redis, cluster control, the scheduler, the daemon."""
