@@ -1,8 +1,10 @@
 """Jobs and callbacks of the RQ conformance tests (tests/test_rq_conformance.py).
 
 Run by plain RQ workers (which import them by path) and by acmeq's (which find them in the
-allowlist: jobs with ``@acmeq.job``, callbacks with ``@acmeq.callback``). Every call is written
-to the Redis list ``conf:calls`` so both kinds of worker are compared on what they called.
+allowlist: jobs with ``@acmeq.job``, named ``conf_*`` so that they never clash with the
+names of tests/sample_jobs.py in one test process; callbacks with ``@acmeq.callback``). Every
+call is written to the Redis list ``conf:calls`` so both kinds of worker are compared on what
+they called.
 """
 
 from __future__ import annotations
@@ -22,24 +24,24 @@ def _note(connection: Any, what: str) -> None:
     connection.rpush(CALLS, what)
 
 
-@acmeq.job(queue=Q)
+@acmeq.job(queue=Q, name="conf_add")
 def add(a: int, b: int) -> int:
     """Return a + b."""
     return a + b
 
 
-@acmeq.job(queue=Q)
+@acmeq.job(queue=Q, name="conf_nothing")
 def nothing() -> None:
     """Return None."""
 
 
-@acmeq.job(queue=Q)
+@acmeq.job(queue=Q, name="conf_boom")
 def boom(message: str = "boom") -> None:
     """Always raise."""
     raise RuntimeError(message)
 
 
-@acmeq.job(queue=Q)
+@acmeq.job(queue=Q, name="conf_nap")
 def nap(seconds: float) -> float:
     """Sleep in short steps (interruptible in every execution model)."""
     deadline = time.monotonic() + seconds
@@ -48,14 +50,14 @@ def nap(seconds: float) -> float:
     return seconds
 
 
-@acmeq.job(queue=Q)
+@acmeq.job(queue=Q, name="conf_block")
 def block(seconds: float) -> float:
     """Sleep in one blocking call (a thread cannot be interrupted inside it)."""
     time.sleep(seconds)
     return seconds
 
 
-@acmeq.job(queue=Q)
+@acmeq.job(queue=Q, name="conf_ordered")
 def ordered(tag: str) -> str:
     """Note the order in which jobs start."""
     job = get_current_job()
@@ -64,7 +66,7 @@ def ordered(tag: str) -> str:
     return tag
 
 
-@acmeq.job(queue=Q)
+@acmeq.job(queue=Q, name="conf_inspect_self")
 def inspect_self() -> list[Any]:
     """What the job object says about itself inside the job; saved in meta too."""
     job = get_current_job()
@@ -80,7 +82,7 @@ def inspect_self() -> list[Any]:
     return seen
 
 
-@acmeq.job(queue=Q)
+@acmeq.job(queue=Q, name="conf_flaky")
 def flaky(succeed_on: int) -> int:
     """Fail until attempt ``succeed_on``; each attempt appends its number to meta."""
     job = get_current_job()
@@ -94,7 +96,7 @@ def flaky(succeed_on: int) -> int:
     return len(attempts)
 
 
-@acmeq.job(queue=Q)
+@acmeq.job(queue=Q, name="conf_ask_retry")
 def ask_retry(until: int) -> Any:
     """Return Retry(max=5) until run ``until`` times, then return 'done'."""
     job = get_current_job()
@@ -108,7 +110,7 @@ def ask_retry(until: int) -> Any:
     return "done"
 
 
-@acmeq.job(queue=Q)
+@acmeq.job(queue=Q, name="conf_counted")
 def counted(tag: str) -> str:
     """Note every run (repeats)."""
     job = get_current_job()
