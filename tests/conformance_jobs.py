@@ -111,10 +111,12 @@ def ask_retry(until: int) -> Any:
 
 
 @acmeq.job(queue=Q, name="conf_counted")
-def counted(tag: str) -> str:
-    """Note every run (repeats)."""
+def counted(tag: str, seconds: float = 0.0) -> str:
+    """Note every run (repeats, the kill storm's ledger), after ``seconds`` of work."""
     job = get_current_job()
     assert job is not None
+    if seconds:
+        time.sleep(seconds)
     _note(job.connection, f"run:{tag}")
     return tag
 
