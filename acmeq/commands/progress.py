@@ -478,3 +478,10 @@ def _reconcile(cfg: Settings, engine: Engine, records: Sequence[ProgressRecord])
         return bool(reconcile(engine, connect(cfg, start_embedded=False), records))
     except (redis.RedisError, OSError, AcmeqError):
         return False
+
+
+# `acmeq progress token|serve` (issue #16) live in their own module.
+from acmeq.commands import progress_stream as _stream  # noqa: E402
+
+app.command("token")(_stream.token)
+app.command("serve")(_stream.serve)

@@ -26,6 +26,12 @@ def serve(
         int | None, typer.Option(help="Server processes [webhooks.workers].", min=1, max=64)
     ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+    with_progress: Annotated[
+        bool,
+        typer.Option(
+            "--with-progress", help="Also serve the progress stream (/progress/...; issue #16)."
+        ),
+    ] = False,
 ) -> None:
     """Serve POST /webhooks/{stripe,mollie,paypal}, GET /healthz and GET /metrics (uvicorn)."""
     import uvicorn
@@ -45,8 +51,11 @@ def serve(
     bind_host, bind_port = host or hooks.host, port or hooks.port
     processes = workers or hooks.workers
     line(f"acmeq webhook receiver on http://{bind_host}:{bind_port} ({processes} process(es))")
+    factory = "acmeq.web.app:create_app"
+    if with_progress:
+        factory = "acmeq.web.progress:create_combined_app"
     uvicorn.run(
-        "acmeq.web.app:create_app",
+        factory,
         factory=True,
         host=bind_host,
         port=bind_port,

@@ -21,6 +21,7 @@ from acmeq.config import exports as exports_config
 from acmeq.config import mail as mail_config
 from acmeq.config import maintenance as maintenance_config
 from acmeq.config import payments as payments_config
+from acmeq.config import progress_stream as progress_stream_config
 from acmeq.config import schedules as schedules_config
 from acmeq.config.specs import (
     ENV_KEYS,
@@ -99,6 +100,7 @@ def _default_tree() -> dict[str, Any]:
         **copy.deepcopy(maintenance_config.DEFAULTS),
         **copy.deepcopy(exports_config.DEFAULTS),
         **copy.deepcopy(payments_config.DEFAULTS),
+        **copy.deepcopy(progress_stream_config.DEFAULTS),
         "mail": mail_config.mail_defaults(),
         "scheduler": schedules_config.scheduler_defaults(),
         "schedules": schedules_config.schedule_defaults(),
@@ -289,6 +291,7 @@ class Loader:
             backup=maintenance_config.build_backup(self),
             exports=exports_config.build_exports(self),
             payments=payments_config.build(self),
+            progress_stream=progress_stream_config.build(self),
             mail=mail_config.build_mail(self),
             scheduler=schedules_config.build_scheduler(self),
             schedules=schedules_config.build_schedules(self),

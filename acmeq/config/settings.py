@@ -20,6 +20,7 @@ from acmeq.config.loader import Loader
 from acmeq.config.mail import MailSettings
 from acmeq.config.maintenance import BackupSettings, CleanupSettings
 from acmeq.config.payments import PaymentSettings
+from acmeq.config.progress_stream import ProgressStreamSettings
 from acmeq.config.schedules import SchedulerSettings, ScheduleSpec
 from acmeq.config.specs import (
     ENV_KEYS,
@@ -79,6 +80,7 @@ class Settings:
     exports: ExportSettings = field(default_factory=ExportSettings)  # [exports]
     payments: PaymentSettings = field(default_factory=PaymentSettings)  # [webhooks], [payments]
     mail: MailSettings = field(default_factory=MailSettings)  # [mail]
+    progress_stream: ProgressStreamSettings = field(default_factory=ProgressStreamSettings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)  # [scheduler]
     schedules: Mapping[str, ScheduleSpec] = field(default_factory=dict)  # [schedules.NAME]
     config_path: Path | None = None

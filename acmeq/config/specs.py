@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from acmeq.config import mail as _mail
 from acmeq.config import payments as _payments
+from acmeq.config import progress_stream as _progress_stream
 from acmeq.config import schedules as _schedules
 from acmeq.constants import (
     CONNECT_TIMEOUT_S,
@@ -49,6 +50,7 @@ ENV_KEYS: dict[str, str] = {
     "QUEUE_LOW_WORKERS": "workers.low",
     **_payments.ENV_KEYS,
     **_mail.MAIL_ENV_KEYS,
+    **_progress_stream.ENV_KEYS,
     **_schedules.SCHEDULER_ENV_KEYS,
 }
 LIST_ENV = {"REDIS_SENTINELS", "ACMEQ_JOB_MODULES", *_payments.LIST_ENV}
@@ -60,6 +62,7 @@ SECRET_KEYS = {
     "monitoring.webhook_url",
     *_payments.SECRET_KEYS,
     *_mail.MAIL_SECRET_KEYS,
+    *_progress_stream.SECRET_KEYS,
 }
 TIERS = ("high", "medium", "low")
 
