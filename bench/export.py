@@ -222,7 +222,8 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 def measure(name: str, db: Path, limit: int, workdir: Path, env: dict[str, str]) -> dict[str, Any]:
     suffix = name.split()[0]
-    out = workdir / f"{name.replace(' ', '-').replace('()', '')}.{suffix}"
+    # The pid keeps runs that share --dir (and its seeded databases) off each other's files.
+    out = workdir / f"{name.replace(' ', '-').replace('()', '')}-{os.getpid()}.{suffix}"
     cmd = [sys.executable, __file__, "--case", name, "--db", str(db), "--limit", str(limit)]
     done = subprocess.run(
         [*cmd, "--out", str(out)], capture_output=True, text=True, env=env, check=False
@@ -235,8 +236,7 @@ def measure(name: str, db: Path, limit: int, workdir: Path, env: dict[str, str])
     result["name"] = name
     result["mb"] = out.stat().st_size / 1e6
     out.unlink(missing_ok=True)
-    for extra in workdir.glob("*.summary.csv"):
-        extra.unlink()
+    out.with_name(out.stem + ".summary.csv").unlink(missing_ok=True)
     print(
         f"  {name:<24} {result['rows']:>9,} rows  cpu {result['cpu']:7.1f} s "
         f"{result['rate']:>9,.0f} rows/cpu-s  (wall {result['seconds']:7.1f} s "
@@ -274,7 +274,7 @@ def main() -> None:
     ensure_db(small, args.small)
     ensure_db(big, args.rows)
     redis, url = start_redis(workdir)
-    state = workdir / "state"
+    state = workdir / f"state-{os.getpid()}"
     shutil.rmtree(state, ignore_errors=True)
     env = dict(os.environ, REDIS_URL=url, ACMEQ_STATE_DIR=str(state), ACMEQ_CONFIG="")
     env.pop("DATABASE_URL", None)
