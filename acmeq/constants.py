@@ -1,4 +1,4 @@
-"""Names shared by every layer: exit codes, Redis key prefixes, defaults.
+"""Names shared by every layer: exit codes and defaults (Redis keys are in :mod:`acmeq.keys`).
 
 Exit codes are named like dramatiq's ``RET_*`` so the CLI, scripts and docs agree on them.
 """
@@ -16,10 +16,6 @@ class ExitCode(IntEnum):
     USAGE = 2  # bad arguments, bad configuration, unknown queue/job/profile
     UNREACHABLE = 3  # Redis or the database cannot be reached
 
-
-# Every key acmeq itself writes starts with this prefix; RQ's own keys keep ``rq:`` so that
-# `rq info` and rq-dashboard read acmeq's queues unchanged.
-KEY_PREFIX = "acmeq:"
 
 DEFAULT_REDIS_DB = 7  # the seed's REDIS_QUEUE_DB
 DEFAULT_REDIS_PORT = 6379
@@ -55,12 +51,3 @@ class MasterExit(IntEnum):
     UNREACHABLE = 3  # Redis unreachable at start (once running, an outage is waited out)
     HALTED = 4  # every pool halted: their workers cannot boot (the reason is in the log)
     INTERNAL_ERROR = 70  # an unexpected exception in the master's loop (sysexits EX_SOFTWARE)
-
-
-# Redis keys acmeq adds beside RQ's (all under KEY_PREFIX).
-PAUSED_QUEUE_KEY = KEY_PREFIX + "paused:queue:{queue}"
-PAUSED_SUPERVISOR_KEY = KEY_PREFIX + "paused:supervisor:{master}:{supervisor}"
-MASTERS_KEY = KEY_PREFIX + "masters"  # hash: master name -> JSON snapshot (refreshed each tick)
-MASTER_KEY = KEY_PREFIX + "master:{name}"  # heartbeat key with TTL
-MASTER_COMMANDS_KEY = KEY_PREFIX + "master:{name}:commands"  # list of JSON commands
-ALERTS_ACTIVE_KEY = KEY_PREFIX + "alerts:active"  # hash: alert id -> JSON (status reads it)

@@ -36,6 +36,7 @@ the CLI maps it to, so the CLI needs no per-command error handling::
     JobInterrupt                            control flow inside a running job, never shown
     ├── JobCancelled                        raised in the job by its tracker on cancellation
     ├── ShutdownInterrupt                   raised in the job by a fast stop of its worker
+    ├── StopJobRequested                    raised in the job by RQ's stop-job command
     └── MemoryLimitExceeded                 the failure recorded for a job that blew the limit
 
 Messages are written to be printed as they are: one line naming the bad value. The
@@ -189,6 +190,10 @@ class ShutdownInterrupt(JobInterrupt):
 
 class MemoryLimitExceeded(JobInterrupt):
     """Recorded as the failure of a job that drove the worker far past its memory limit."""
+
+
+class StopJobRequested(JobInterrupt):
+    """Raised inside a running job by RQ's stop-job command (the job ends STOPPED)."""
 
 
 class RefundError(UsageError):

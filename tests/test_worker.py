@@ -29,8 +29,9 @@ from rq import Queue
 from rq.job import JobStatus
 from rq.serializers import JSONSerializer
 
+from acmeq import keys
 from acmeq.config.settings import Settings
-from acmeq.constants import PAUSED_QUEUE_KEY, WorkerExit
+from acmeq.constants import WorkerExit
 from acmeq.queues import AcmeqJob, Enqueuer, JobCall
 from acmeq.worker.process import WorkerOptions
 
@@ -408,7 +409,7 @@ def test_a_paused_queue_is_not_served_until_resumed(
     mode: str, start_worker: StartWorker, enqueuer: Enqueuer, redis_client: redis.Redis
 ) -> None:
     # Given a paused queue with jobs on it
-    pause_key = PAUSED_QUEUE_KEY.format(queue="payments")
+    pause_key = keys.paused_queue("payments")
     redis_client.set(pause_key, "1")
     ids = enqueuer.enqueue_many([JobCall("add", (i, 0)) for i in range(5)])
 
@@ -448,7 +449,7 @@ def test_a_job_arriving_during_an_idle_wait_on_a_paused_queue_goes_back_to_the_q
     wait_until("the worker blocks in BLMOVE", lambda: blocked_in_blmove(redis_client, worker))
 
     # When the queue is paused and then a job arrives
-    pause_key = PAUSED_QUEUE_KEY.format(queue="payments")
+    pause_key = keys.paused_queue("payments")
     redis_client.set(pause_key, "1")
     job = enqueuer.enqueue("add", 20, 22)
 

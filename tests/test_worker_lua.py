@@ -10,10 +10,11 @@ import re
 import pytest
 import redis
 
+from acmeq import keys
 from acmeq.observability.metrics import keys_for
 from acmeq.worker import lua_scripts
 from acmeq.worker.fastpath import FastPath, FinishArgs, StartArgs, encode_result
-from acmeq.worker.metrics_buffer import STATS_KEY, FlushArgs, MetricsBuffer
+from acmeq.worker.metrics_buffer import FlushArgs, MetricsBuffer
 from acmeq.worker.states import DEFAULT_JOB_TIMEOUT_S, Reply
 
 Q = "default"
@@ -226,7 +227,7 @@ def test_metrics_flush_writes_successes_and_failures_counted_by_one_buffer(
             assert h[f"{prefix}|rt|5"] == "1" and h[f"{prefix}|rt|500"] == "1"
         assert h[f"{Q}|wt|2"] == "1" and h[f"{Q}|wt|1"] == "1"
     assert 0 < redis_client.ttl(minute) <= 660 and 0 < redis_client.ttl(hour) <= 10800
-    stats = redis_client.hgetall(STATS_KEY.format(queue=Q))
+    stats = redis_client.hgetall(keys.stats(Q))
     assert stats[b"processed"] == b"2" and stats[b"failed"] == b"1"
     # the max only grows
     buffer.record(ts, Q, "noop", 0.010, wait=0.0)
@@ -242,4 +243,4 @@ def test_a_flush_that_fails_keeps_the_sums_for_the_next_one(redis_client: redis.
         buffer.flush(dead)
     assert buffer.pending()
     buffer.flush(redis_client)
-    assert redis_client.hget(STATS_KEY.format(queue=Q), "processed") == b"1"
+    assert redis_client.hget(keys.stats(Q), "processed") == b"1"

@@ -116,7 +116,7 @@ def overrunning(
         return []
     pipe = connection.pipeline(transaction=False)
     for name, _queue in workers:
-        pipe.smembers(f"rq:worker:{name}:executions")
+        pipe.smembers(keys.worker_executions(name))
     running = [
         (name, queue, composite)
         for (name, queue), composites in zip(workers, pipe.execute(), strict=True)
@@ -127,7 +127,7 @@ def overrunning(
     # Every registry score in one round trip, not one ZSCORE per running job.
     pipe = connection.pipeline(transaction=False)
     for _name, queue, composite in running:
-        pipe.zscore(f"rq:wip:{queue}", composite)
+        pipe.zscore(keys.started(queue), composite)
     now = time.time()
     late = {
         name
@@ -141,7 +141,7 @@ def drained(connection: redis.Redis, queues: Sequence[str]) -> bool:
     """No job ready, running or scheduled on any of ``queues``."""
     pipe = connection.pipeline(transaction=False)
     for q in queues:
-        pipe.llen(f"rq:queue:{q}")
-        pipe.zcard(f"rq:wip:{q}")
-        pipe.zcard(f"rq:scheduled:{q}")
+        pipe.llen(keys.queue(q))
+        pipe.zcard(keys.started(q))
+        pipe.zcard(keys.scheduled(q))
     return not any(pipe.execute())

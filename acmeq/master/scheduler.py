@@ -21,7 +21,7 @@ import redis
 from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 
-from acmeq.constants import MASTER_KEY
+from acmeq import keys
 from acmeq.storage.redis_client import text
 
 log = logging.getLogger("acmeq.master")
@@ -96,15 +96,15 @@ class Scheduler:
     def take_over_dead(self, queues: Iterable[str]) -> list[str]:
         """Free the locks of ``queues`` whose holder is an acmeq master that is gone."""
         names = sorted(queues)
-        keys = [RQScheduler.get_locking_key(q) for q in names]
-        holders = [text(h) if h else "" for h in self.connection.mget(keys)]
+        locks = [RQScheduler.get_locking_key(q) for q in names]
+        holders = [text(h) if h else "" for h in self.connection.mget(locks)]
         freed = []
         now = time.monotonic()
-        for queue, key, holder in zip(names, keys, holders, strict=True):
+        for queue, key, holder in zip(names, locks, holders, strict=True):
             if not holder.startswith(NAME_PREFIX) or holder == self.name:
                 continue
             master = holder[len(NAME_PREFIX) :]
-            if self.connection.exists(MASTER_KEY.format(name=master)):
+            if self.connection.exists(keys.master(master)):
                 self._missing_since.pop(holder, None)
                 continue  # its master is alive: it schedules this queue
             if now - self._missing_since.setdefault(holder, now) < GONE_FOR_S:

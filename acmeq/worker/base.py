@@ -29,8 +29,12 @@ from rq.timeouts import (
     UnixSignalDeathPenalty,
 )
 
+from acmeq import keys
 from acmeq.config.settings import Settings
-from acmeq.constants import PAUSED_QUEUE_KEY, PAUSED_SUPERVISOR_KEY, WorkerExit
+from acmeq.constants import WorkerExit
+from acmeq.errors import MemoryLimitExceeded as MemoryLimitExceeded
+from acmeq.errors import ShutdownInterrupt as ShutdownInterrupt
+from acmeq.errors import StopJobRequested as StopJobRequested
 from acmeq.queues import AcmeqJob
 from acmeq.worker.fastpath import FastPath
 from acmeq.worker.liveness import Liveness
@@ -38,18 +42,6 @@ from acmeq.worker.metrics_buffer import MetricsBuffer
 from acmeq.worker.options import WorkerOptions
 from acmeq.worker.outage import Outage
 from acmeq.worker.states import DEFAULT_JOB_TIMEOUT_S, ExecutionModel, StopMode
-
-
-class ShutdownInterrupt(Exception):
-    """Raised inside a running job by a fast stop (second SIGTERM, or SIGINT)."""
-
-
-class MemoryLimitExceeded(Exception):
-    """Recorded as the failure of a job that drove the worker far past its memory limit."""
-
-
-class StopJobRequested(Exception):
-    """Raised inside a running job by RQ's stop-job command (the job ends STOPPED)."""
 
 
 class AnyThreadDeathPenalty(BaseDeathPenalty):
@@ -109,11 +101,9 @@ class WorkerBase(SimpleWorker):
         self.opts = opts
         self.mode = ExecutionModel(opts.mode)
         self.settings = settings
-        pause = [PAUSED_QUEUE_KEY.format(queue=opts.queue)]
+        pause = [keys.paused_queue(opts.queue)]
         if opts.master and opts.supervisor:
-            pause.append(
-                PAUSED_SUPERVISOR_KEY.format(master=opts.master, supervisor=opts.supervisor)
-            )
+            pause.append(keys.paused_supervisor(opts.master, opts.supervisor))
         self.fast = FastPath(connection, opts.queue, self.name, pause, opts.timeout)
         # Every pooled connection carries the worker's name (RQ names only the first), so
         # `CLIENT LIST` shows which worker holds a blocking BLMOVE or a slow script.

@@ -24,11 +24,11 @@ import redis
 from rq.defaults import DEFAULT_WORKER_TTL, UNSERIALIZABLE_RETURN_VALUE_PAYLOAD
 from rq.utils import utcformat
 
+from acmeq import keys
 from acmeq.worker import lua_scripts
-from acmeq.worker.metrics_buffer import STATS_KEY
 from acmeq.worker.states import DEFAULT_JOB_TIMEOUT_S, Reply
 
-__all__ = ["STATS_KEY", "FastPath", "FinishArgs", "StartArgs", "Started"]
+__all__ = ["FastPath", "FinishArgs", "StartArgs", "Started"]
 
 # Fields that make a job need RQ's full code path after it ran.
 _SLOW_FIELDS = (
@@ -125,8 +125,8 @@ class FastPath:
     def give_back(self, job_id: str) -> None:
         """Return a job taken by BLMOVE (not started) to the head of its queue."""
         pipe = self.connection.pipeline()
-        pipe.lrem(f"rq:queue:{self.queue}:intermediate", 1, job_id)
-        pipe.lpush(f"rq:queue:{self.queue}", job_id)
+        pipe.lrem(keys.intermediate(self.queue), 1, job_id)
+        pipe.lpush(keys.queue(self.queue), job_id)
         pipe.execute()
 
     def finish(

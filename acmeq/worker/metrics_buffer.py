@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from acmeq.constants import KEY_PREFIX
+from acmeq import keys
 from acmeq.observability.metrics import (
     DEFAULT_HOUR_RETENTION_S,
     DEFAULT_MINUTE_RETENTION_S,
@@ -29,7 +29,6 @@ from acmeq.observability.metrics import (
 from acmeq.worker import lua_scripts
 
 # Per-queue counters the balancer and `acmeq status` read: processed, failed, runtime seconds.
-STATS_KEY = KEY_PREFIX + "stats:{queue}"
 
 FLUSH_EVERY_S = 1.0
 
@@ -98,7 +97,7 @@ class MetricsBuffer:
                         h.max[name] = max(h.max.get(name, 0.0), runtime)
                 if ok:
                     h.incr[f"{queue}|wt|{bucket(max(wait or 0.0, 0.0))}"] += 1
-            stats = self._hash(STATS_KEY.format(queue=queue), 0)
+            stats = self._hash(keys.stats(queue), 0)
             stats.incr["processed" if ok else "failed"] += 1
             if ok:
                 stats.sums["runtime"] += runtime

@@ -35,8 +35,8 @@ from rq.serializers import JSONSerializer
 from rq.utils import now
 from rq.worker_registration import clean_worker_registry
 
+from acmeq import keys
 from acmeq.config.settings import Settings
-from acmeq.constants import KEY_PREFIX
 from acmeq.ops import failure_log as failures
 from acmeq.queues import AcmeqJob
 from acmeq.storage.redis_client import text
@@ -49,7 +49,6 @@ log = logging.getLogger("acmeq.worker.recovery")
 # moves it out within milliseconds).
 INTERMEDIATE_STUCK_S = 10.0
 GROUP_CLEAN_EVERY_S = 30  # group registries are shared by every queue: one pass per 30 s
-_SEEN_KEY = KEY_PREFIX + "intermediate-seen:{queue}"
 
 
 def _queue(name: str, connection: redis.Redis) -> Queue:
@@ -77,7 +76,7 @@ def recover_dead_worker(
     progress records (jobs that track progress) end too: failed, or pending when retried; the
     database is the one of ``settings`` (default: this process's settings).
     """
-    executions_key = f"rq:worker:{worker_name}:executions"
+    executions_key = keys.worker_executions(worker_name)
     if alive:
         composites = sorted(set(composites))
         if composites:
@@ -99,8 +98,8 @@ def recover_dead_worker(
             job = None
         with connection.pipeline() as pipe:
             pipe.zrem(queue.started_job_registry.key, composite)
-            pipe.delete(f"rq:execution:{composite}")
-            pipe.zrem(f"rq:executions:{job_id}", exec_id)
+            pipe.delete(keys.execution(composite))
+            pipe.zrem(keys.executions(job_id), exec_id)
             if job is not None and job.get_status(refresh=False) == JobStatus.STARTED:
                 job.ended_at = now()
                 exc_string = f"AbandonedJobError: {reason}"
@@ -152,10 +151,10 @@ def _end_progress(
 
 def deregister_worker(connection: redis.Redis, worker_name: str, queue_name: str) -> None:
     """Remove a dead worker from RQ's worker registry (what its register_death would do)."""
-    key = f"rq:worker:{worker_name}"
+    key = keys.worker(worker_name)
     with connection.pipeline() as pipe:
-        pipe.srem("rq:workers", key)
-        pipe.srem(f"rq:workers:{queue_name}", key)
+        pipe.srem(keys.WORKERS, key)
+        pipe.srem(keys.workers_of(queue_name), key)
         pipe.hset(key, "death", now().strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
         pipe.expire(key, 60)
         pipe.delete(f"{key}:executions")
@@ -181,7 +180,7 @@ def maintain_queue(connection: redis.Redis, queue_name: str) -> None:
     if Group.acquire_maintenance_lock(connection, GROUP_CLEAN_EVERY_S):
         Group.clean_registries(connection=connection)
     stuck = [text(j) for j in connection.lrange(queue.intermediate_queue_key, 0, -1)]
-    seen_key = _SEEN_KEY.format(queue=queue_name)
+    seen_key = keys.intermediate_seen(queue_name)
     if not stuck:
         connection.delete(seen_key)
         return
@@ -228,13 +227,13 @@ def recover_lost_workers(
     The caller must have reached Redis for a while: right after an outage every heartbeat looks
     old until the workers' next beat.
     """
-    members: list[bytes] = connection.zrange(f"rq:wip:{queue_name}", 0, -1)  # type: ignore[assignment]
+    members: list[bytes] = connection.zrange(keys.started(queue_name), 0, -1)  # type: ignore[assignment]
     composites = [text(c) for c in members]
     if not composites:
         return []
     pipe = connection.pipeline(transaction=False)
     for composite in composites:
-        pipe.hmget(f"rq:execution:{composite}", ["worker_name", "last_heartbeat"])
+        pipe.hmget(keys.execution(composite), ["worker_name", "last_heartbeat"])
     lost: dict[str, list[str]] = {}
     newest: dict[str, float] = {}
     orphans: dict[str, list[str]] = {}
