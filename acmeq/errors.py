@@ -26,6 +26,7 @@ the CLI maps it to, so the CLI needs no per-command error handling::
     │   └── UncertainDeliveryError          the connection broke during DATA: sent or not, unknown
     ├── UnknownScheduleError        exit 2  no schedule with this name (lists the configured ones)
     ├── RefundError                 exit 2  a refund that cannot be made (amount, state)
+    │   └── DonationNotFound                no donation with this id
     ├── BackupError                 exit 1  a backup could not be made, verified or restored
     │   ├── BackupToolMissingError          pg_dump / pg_restore not on PATH
     │   └── RedisBackupUnavailableError     Redis is remote (or hides its files): back it up there
@@ -38,6 +39,13 @@ the CLI maps it to, so the CLI needs no per-command error handling::
     ├── ShutdownInterrupt                   raised in the job by a fast stop of its worker
     ├── StopJobRequested                    raised in the job by RQ's stop-job command
     └── MemoryLimitExceeded                 the failure recorded for a job that blew the limit
+
+    Exception: handled where raised (an HTTP status or a job outcome, never `acmeq: error`)
+    ├── VerificationError                   a webhook request is not a genuine provider event: 400
+    ├── UnavailableError                    the event cannot be checked now (no secret, PayPal): 503
+    ├── StoreUnavailable                    the receiver cannot hand an event over (SQL, Redis): 503
+    ├── RefundInFlight                      a refund of the donation is still pending: retried
+    └── PermanentEventError                 a provider event can never be processed: marked failed
 
 Messages are written to be printed as they are: one line naming the bad value. The
 ``JobInterrupt`` classes are not errors of the user's making: the worker and the progress
@@ -250,3 +258,42 @@ class UnknownScheduleError(UsageError):
         self.name = name
         names = ", ".join(sorted(valid)) or "(none configured)"
         super().__init__(f"unknown schedule {name!r}; configured schedules: {names}")
+
+
+class DonationNotFound(RefundError):
+    """No donation with this id (a UsageError: exit 2 on the command line)."""
+
+    def __init__(self, donation_id: int) -> None:
+        super().__init__(f"no donation with id {donation_id}")
+        self.donation_id = donation_id
+
+
+# -- handled where they are raised (the webhook receiver, the payment jobs) ----------------------
+
+
+class VerificationError(Exception):
+    """The request is not a genuine, well-formed provider event: answer 400 with ``reason``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class UnavailableError(Exception):
+    """The event cannot be checked now (no secret configured, PayPal unreachable): answer 503."""
+
+
+class StoreUnavailable(Exception):
+    """The database or Redis failed: the event is not (known to be) safely handed over."""
+
+    def __init__(self, what: str, exc: BaseException) -> None:
+        super().__init__(f"{what} unavailable: {type(exc).__name__}")
+        self.what = what
+
+
+class RefundInFlight(Exception):
+    """A refund requested here is still pending for this donation: settle it first (retry)."""
+
+
+class PermanentEventError(Exception):
+    """The event can never be processed as it is: it is marked failed, not retried."""

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from acmeq.errors import RefundError
+from acmeq.errors import DonationNotFound as DonationNotFound
 from acmeq.payments.sqlutil import (
     CAMPAIGNS,
     COMPANIES,
@@ -32,14 +32,6 @@ from acmeq.storage.models import DonationStatus, utcnow
 
 MILESTONE_PERCENTS = (25, 50, 75, 100)
 COUNTED = [s.value for s in DonationStatus if s.counts_towards_total]
-
-
-class DonationNotFound(RefundError):
-    """No donation with this id (a UsageError: exit 2 on the command line)."""
-
-    def __init__(self, donation_id: int) -> None:
-        super().__init__(f"no donation with id {donation_id}")
-        self.donation_id = donation_id
 
 
 @dataclass(frozen=True)

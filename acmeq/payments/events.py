@@ -31,6 +31,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from acmeq.errors import PermanentEventError as PermanentEventError
 from acmeq.errors import PermanentGatewayError
 from acmeq.payments.amounts import to_minor
 from acmeq.payments.donations import Completion, complete_donation, fail_donation
@@ -43,10 +44,6 @@ class Action(StrEnum):
     COMPLETE = "complete"
     FAIL = "fail"
     REFUND = "refund"
-
-
-class PermanentEventError(Exception):
-    """The event can never be processed as it is: it is marked failed, not retried."""
 
 
 @dataclass(frozen=True)

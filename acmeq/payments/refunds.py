@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from acmeq.errors import PermanentGatewayError, RefundError
+from acmeq.errors import RefundInFlight as RefundInFlight
 from acmeq.payments.amounts import fmt
 from acmeq.payments.donations import DonationNotFound
 from acmeq.payments.gateways import Gateway, with_retries
@@ -332,10 +333,6 @@ def _release_yearly_match(
         )
         .values(matched_minor=MATCH_TOTALS.c.matched_minor - amount, updated_at=now)
     )
-
-
-class RefundInFlight(Exception):
-    """A refund requested here is still pending for this donation: settle it first (retry)."""
 
 
 def provider_refund(

@@ -37,6 +37,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from acmeq.config.settings import Settings
+from acmeq.errors import StoreUnavailable as StoreUnavailable
 from acmeq.queues import Enqueuer, JobCall
 from acmeq.storage.models import WebhookEvent, WebhookStatus, utcnow
 from acmeq.web.verify import VerifiedEvent
@@ -80,14 +81,6 @@ class Outcome(StrEnum):
     ACCEPTED = "accepted"  # recorded now and enqueued
     DUPLICATE = "duplicate"  # recorded before; its job exists or it was processed already
     REQUEUED = "requeued"  # recorded before but had no job (e.g. Redis failed): enqueued now
-
-
-class StoreUnavailable(Exception):
-    """The database or Redis failed: the event is not (known to be) safely handed over."""
-
-    def __init__(self, what: str, exc: BaseException) -> None:
-        super().__init__(f"{what} unavailable: {type(exc).__name__}")
-        self.what = what
 
 
 @dataclass(frozen=True)

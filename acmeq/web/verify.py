@@ -6,17 +6,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-
-class VerificationError(Exception):
-    """The request is not a genuine, well-formed provider event: answer 400 with ``reason``."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class UnavailableError(Exception):
-    """The event cannot be checked now (no secret configured, PayPal unreachable): answer 503."""
+from acmeq.errors import UnavailableError as UnavailableError
+from acmeq.errors import VerificationError as VerificationError
 
 
 @dataclass(frozen=True)
