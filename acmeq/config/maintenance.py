@@ -20,7 +20,7 @@ from acmeq.errors import UsageError
 from acmeq.timeparse import parse_duration
 
 if TYPE_CHECKING:
-    from acmeq.config.loader import Loader
+    from acmeq.config.reader import Reader as Loader
 
 DAY = 86400
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
+from acmeq import keys
 from acmeq.errors import AcmeqError, AmbiguousJobIdError
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 
 MIN_PREFIX = 6  # as short as git allows abbreviated ids to be typed, long enough to be unique
 SHOWN = 5  # matches named in an ambiguity error
-JOB_KEY = "rq:job:"  # RQ's job hash: rq:job:<id> (ids never contain ':')
+JOB_KEY = keys.JOB_PREFIX  # RQ's job hash: rq:job:<id> (ids never contain ':')
 
 IdSource = Callable[[str, int], list[str]]
 
