@@ -15,12 +15,12 @@ from typing import Any, cast
 
 import redis
 
+from acmeq import keys as rkeys
 from acmeq.maintenance.report import CategoryResult
 from acmeq.storage.redis_client import text
 
 # RQ statuses of a job that is not finished with: its data must stay.
 ACTIVE_STATUSES = frozenset({"queued", "started", "deferred", "scheduled"})
-FAILED_KEY = "rq:failed:{0}"
 
 
 # One round trip per batch instead of one command per job: packing a thousand HGETs costs the
@@ -54,15 +54,15 @@ def active_job_ids(connection: redis.Redis, job_ids: Iterable[str]) -> set[str]:
     ids = list(job_ids)
     if not ids:
         return set()
-    found = cast(list[int], connection.eval(_ACTIVE_LUA, len(ids), *[f"rq:job:{i}" for i in ids]))
+    found = cast(list[int], connection.eval(_ACTIVE_LUA, len(ids), *[rkeys.job(i) for i in ids]))
     return {ids[int(index) - 1] for index in found}
 
 
 def failed_queues(connection: redis.Redis, configured: Iterable[str]) -> list[str]:
     """The configured queues plus any other queue RQ knows of (``rq:queues``)."""
     names = dict.fromkeys(configured)
-    for key in cast(set[bytes], connection.smembers("rq:queues")):
-        name = text(key).removeprefix("rq:queue:")
+    for key in cast(set[bytes], connection.smembers(rkeys.QUEUES)):
+        name = text(key).removeprefix(rkeys.QUEUE_PREFIX)
         names.setdefault(name)
     return list(names)
 
@@ -95,7 +95,7 @@ def sweep_failed_registry(
     """
     from acmeq.ops.failed import FailedEntry, flush_failed
 
-    key = FAILED_KEY.format(queue)
+    key = rkeys.failed(queue)
     start = 0
     while True:
         members = cast(list[bytes], connection.zrange(key, start, start + batch_size - 1))
@@ -103,8 +103,8 @@ def sweep_failed_registry(
         if not ids:
             return
         with result.transaction():
-            keys = [f"rq:job:{job_id}" for job_id in ids]
-            results = [f"rq:results:{job_id}" for job_id in ids]
+            keys = [rkeys.job(job_id) for job_id in ids]
+            results = [rkeys.results(job_id) for job_id in ids]
             replies = cast(
                 list[list[Any]], connection.eval(_FAILED_PAGE_LUA, len(keys), *keys, *results)
             )

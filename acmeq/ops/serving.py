@@ -20,5 +20,5 @@ def live_workers(connection: redis.Redis, queue: str) -> int:
     for name in names:
         raw = name.decode() if isinstance(name, bytes) else str(name)
         # Members are worker keys ("rq:worker:<name>"), as RQ writes them.
-        pipe.exists(raw if raw.startswith("rq:worker:") else keys.worker(raw))
+        pipe.exists(raw if raw.startswith(keys.WORKER_PREFIX) else keys.worker(raw))
     return sum(1 for alive in pipe.execute() if alive)

@@ -25,6 +25,7 @@ from rq.job_lifecycle import format_exc_info
 from rq.serializers import JSONSerializer
 from rq.utils import now as rq_now
 
+from acmeq import keys
 from acmeq.ops import failure_log as failures
 from acmeq.queues import AcmeqJob
 from acmeq.worker.base import WorkerBase
@@ -166,7 +167,7 @@ class RecordingWorker(WorkerBase):
                 },
             )
             pipe.zrem(self.queue_obj.started_job_registry.key, composite)
-            pipe.delete(f"rq:execution:{composite}")
+            pipe.delete(keys.execution(composite))
             pipe.srem(self.executions_key, composite)
             pipe.zadd(
                 FailedJobRegistry(self.opts.queue, connection=self.connection).key,
