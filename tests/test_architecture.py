@@ -222,3 +222,21 @@ def test_the_docs_refer_to_nothing_outside_the_repository() -> None:
         resolved = (DOC.parent / target).resolve()
         assert resolved.is_relative_to(ROOT), target
         assert resolved.exists(), f"broken link {target}"
+
+
+def test_redis_keys_are_spelt_only_in_keys_py() -> None:
+    # The app's own cache/session prefixes (what `acmeq cleanup` may sweep) are configuration,
+    # and the guard that refuses a sweep of rq:/acmeq: keys names them on purpose.
+    allowed = {"acmeq:cache:", "acmeq:session:", "rq:", "acmeq:"}
+    found = []
+    for name, path in _modules().items():
+        if name == "acmeq.keys":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Constant) or not isinstance(node.value, str):
+                continue
+            if node.value in allowed or "\n" in node.value:  # Lua scripts build keys themselves
+                continue
+            if re.match(r"(rq|acmeq):[a-z{]", node.value):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}")
+    assert not found, "spell these through acmeq/keys.py: " + "; ".join(found)
