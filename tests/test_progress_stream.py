@@ -488,3 +488,59 @@ def test_token_command_mints_a_token_the_server_accepts(
     assert bad.returncode == 2 and "unknown user 'nobody@acme.test'" in bad.stderr
     nosecret = cli("progress", "token", "carol@acme.test", env={"ACMEQ_PROGRESS_SECRET": ""})
     assert nosecret.returncode == 2 and "ACMEQ_PROGRESS_SECRET" in nosecret.stderr
+
+
+def test_receiver_and_progress_stream_together_and_the_demo_lines(
+    monkeypatch: pytest.MonkeyPatch, engine: Engine, database_url: str, redis_url: str
+) -> None:
+    from acmeq.web.progress import create_combined_app
+    from acmeq.web.progress.demo import DEMO_SECRET, progress_page
+
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("ACMEQ_PROGRESS_SECRET", DEMO_SECRET)
+    cfg = Settings.load()
+    owner = add_user(engine, "dora@acme.test")
+    store.save(
+        engine,
+        ProgressRecord(
+            id="exp-1",
+            job_name="export_donations",
+            queue="exports",
+            status=JobStatus.COMPLETED,
+            user_id=owner,
+            total=10,
+            processed=10,
+        ),
+    )
+    app = create_combined_app(cfg)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_until("combined server started", lambda: server.started, timeout=20)
+        base = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=base, timeout=20) as http:
+            assert http.get("/healthz").json() == {"redis": "ok", "database": "ok"}  # receiver's
+            page = http.get("/progress-example")
+            assert page.status_code == 200 and "/progress/ws?job=" in page.text
+            assert http.get("/progress/exp-1").status_code == 401
+
+            lines: list[str] = []
+
+            class Out:
+                def line(self, text: str) -> None:
+                    lines.append(text)
+
+            progress_page(cfg, Out(), base)
+            assert (
+                lines[0] == "GET /progress/exp-1 (the export's progress record): completed, 10/10"
+            )
+            link = lines[1].rsplit(" ", 1)[1]
+            assert link.startswith(f"{base}/progress-example?job=exp-1&token=")
+            token = link.split("token=", 1)[1]
+            assert http.get(f"/progress/exp-1?token={token}").json()["status"] == "completed"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)

@@ -47,12 +47,16 @@ def payment_demo(
         f"donation {donation}: {fmt(25_00, cur)} by an employee of {company} to campaign "
         f"{campaign} (raised {fmt(before[0], cur)}, matched {fmt(before[1], cur)}), pending"
     )
+    from acmeq.web.progress.demo import DEMO_SECRET as PROGRESS_SECRET
+    from acmeq.web.progress.demo import progress_page
+
     env = dict(environ, STRIPE_WEBHOOK_SECRET=DEMO_SECRET, ACMEQ_MAIL_TRANSPORT="outbox")
+    env["ACMEQ_PROGRESS_SECRET"] = PROGRESS_SECRET  # the server also streams job progress
     outbox = _outbox(cfg)
     already = set(outbox.glob("*.eml")) if outbox is not None and outbox.is_dir() else set()
     port = _free_port()
     receiver = subprocess.Popen(
-        [sys.executable, "-m", "acmeq", "webhook", "serve", "--port", str(port)],
+        [sys.executable, "-m", "acmeq", "webhook", "serve", "--with-progress", "--port", str(port)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -61,6 +65,7 @@ def payment_demo(
     try:
         _wait_healthy(url)
         out.line(f"acmeq webhook serve is listening on {url} (GET /healthz: ok)")
+        progress_page(cfg, out, url)
         body = _event(donation, campaign, cur)
         headers = {"Stripe-Signature": stripe.header_for(body, DEMO_SECRET)}
         forged = {"Stripe-Signature": stripe.header_for(body, "whsec_not_the_secret")}

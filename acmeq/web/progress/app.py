@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Engine
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -184,8 +185,19 @@ def _denied(exc: Denied) -> Response:
     return JSONResponse({"error": exc.reason}, status_code=exc.status, headers=headers)
 
 
+EXAMPLE_PAGE = Path(__file__).resolve().parents[3] / "docs" / "progress-example.html"
+
+
+async def example_page(request: Request) -> Response:
+    """docs/progress-example.html (from a source checkout; 404 when not installed)."""
+    if not EXAMPLE_PAGE.is_file():
+        return JSONResponse({"error": "example page not installed"}, status_code=404)
+    return FileResponse(EXAMPLE_PAGE, media_type="text/html")
+
+
 def routes(service: ProgressService) -> list[BaseRoute]:
     return [
+        Route("/progress-example", example_page, methods=["GET"]),
         Route("/progress/{job_id}/events", _Asgi(service.events), methods=["GET"]),
         WebSocketRoute("/progress/ws", service.websocket),
         Route("/progress/{job_id}", service.snapshot, methods=["GET"]),
