@@ -11,11 +11,13 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 import redis
@@ -40,8 +42,11 @@ from acmeq.worker.fastpath import FastPath
 from acmeq.worker.liveness import Liveness
 from acmeq.worker.metrics_buffer import MetricsBuffer
 from acmeq.worker.options import WorkerOptions
+from acmeq.worker.osutil import raise_in_thread
 from acmeq.worker.outage import Outage
 from acmeq.worker.states import DEFAULT_JOB_TIMEOUT_S, ExecutionModel, StopMode
+
+T = TypeVar("T")
 
 
 class AnyThreadDeathPenalty(BaseDeathPenalty):
@@ -88,6 +93,7 @@ class WorkerBase(SimpleWorker):
     """An RQ worker for one queue; the state every part of acmeq's worker shares."""
 
     death_penalty_class = AnyThreadDeathPenalty
+    _main_interrupt: tuple[type[BaseException], str] | None = None
 
     def __init__(self, opts: WorkerOptions, settings: Settings, connection: redis.Redis) -> None:
         prefix = opts.name or socket.gethostname()
@@ -139,6 +145,34 @@ class WorkerBase(SimpleWorker):
         self._exec_prefix = os.urandom(8).hex()  # the horse must not reuse its parent's ids
         self.metrics = MetricsBuffer()
         self.outage = Outage(self._stop, self.liveness.alive)
+
+    def request_stop_graceful(self) -> None:
+        if self.stop_mode == StopMode.NONE:
+            self.stop_mode = StopMode.GRACEFUL
+        self._stop.set()
+
+    def interrupt(self, item: Running, exc: type[BaseException], message: str = "") -> None:
+        """Raise ``exc`` inside a running job (its thread; the main thread through SIGUSR1,
+        which also breaks a blocking sleep)."""
+        if item.thread_id == threading.main_thread().ident:
+            self._main_interrupt = (exc, message or exc.__name__)
+            os.kill(os.getpid(), signal.SIGUSR1)
+        else:
+            raise_in_thread(item.thread_id, exc)
+
+    def redis_retry(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` until Redis answers (recording a job's outcome must not be lost to a
+        short outage); gives up only on a fast stop."""
+        while True:
+            try:
+                result = fn()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if self.fast_stop:
+                    raise
+                self.outage.wait(exc, interruptible=False)
+                continue
+            self.outage.ok()
+            return result
 
     @property
     def fast_stop(self) -> bool:

@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 from acmeq.worker.base import StopJobRequested
 
 if TYPE_CHECKING:
-    from acmeq.worker.process import AcmeqWorker
+    from acmeq.worker.recording import RecordingWorker
 
 log = logging.getLogger("acmeq.worker")
 
 
-def handle(worker: AcmeqWorker, message: dict[str, Any]) -> None:
+def handle(worker: RecordingWorker, message: dict[str, Any]) -> None:
     """Handle one pub/sub message (redis-py's message dict)."""
     try:
         payload = json.loads(message["data"])
@@ -47,7 +47,7 @@ def handle(worker: AcmeqWorker, message: dict[str, Any]) -> None:
         log.warning("ignoring unknown worker command %r", command)
 
 
-def stop_job(worker: AcmeqWorker, job_id: str, execution_id: str | None) -> None:
+def stop_job(worker: RecordingWorker, job_id: str, execution_id: str | None) -> None:
     for item in worker.running():
         if item.job.id != job_id or item.claimed:
             continue
@@ -63,7 +63,7 @@ def stop_job(worker: AcmeqWorker, job_id: str, execution_id: str | None) -> None
     log.warning("not running job %s: stop command ignored", job_id)
 
 
-def kill_horse(worker: AcmeqWorker) -> None:
+def kill_horse(worker: RecordingWorker) -> None:
     if not worker._horse_pid:
         log.info("no work horse: kill-horse command ignored")
         return

@@ -34,10 +34,10 @@ HORSE_GRACE_S = 10  # the parent kills a horse this long after its own SIGALRM f
 
 if TYPE_CHECKING:
     from acmeq.worker.base import Running
-    from acmeq.worker.process import AcmeqWorker
+    from acmeq.worker.recording import RecordingWorker
 
 
-def run_horse(worker: AcmeqWorker, item: Running, read_fd: int, write_fd: int) -> NoReturn:
+def run_horse(worker: RecordingWorker, item: Running, read_fd: int, write_fd: int) -> NoReturn:
     """The forked child: run the job, send the outcome through the pipe, exit."""
     code = 0
     try:
@@ -62,7 +62,7 @@ def run_horse(worker: AcmeqWorker, item: Running, read_fd: int, write_fd: int) -
         os._exit(code)
 
 
-def perform_forked(self: AcmeqWorker, item: Running) -> dict[str, Any]:
+def perform_forked(self: RecordingWorker, item: Running) -> dict[str, Any]:
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: run the job, report through the pipe, never return
@@ -96,7 +96,9 @@ def perform_forked(self: AcmeqWorker, item: Running) -> dict[str, Any]:
     return _horse_died(self, item, status, timed_out)
 
 
-def _horse_died(self: AcmeqWorker, item: Running, status: int, timed_out: bool) -> dict[str, Any]:
+def _horse_died(
+    self: RecordingWorker, item: Running, status: int, timed_out: bool
+) -> dict[str, Any]:
     """Record the job of a horse that ended without reporting (killed, crashed)."""
     job = item.job
     memory = bool(self._memory_reason)

@@ -28,7 +28,6 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -55,7 +54,7 @@ from acmeq.worker.fastpath import Started, encode_result, needs_slow_path
 from acmeq.worker.horse import perform_forked
 from acmeq.worker.options import WorkerOptions
 from acmeq.worker.osutil import format_exc, raise_in_thread, set_parent_death_signal
-from acmeq.worker.recording import RecordingWorker, runtime_of
+from acmeq.worker.recording import RecordingWorker
 from acmeq.worker.states import ExecutionModel, Outcome, Reply, StopMode
 from acmeq.worker.watchdog import Watchdog
 
@@ -71,8 +70,6 @@ T = TypeVar("T")
 
 class AcmeqWorker(RecordingWorker):
     """An RQ worker for one queue running jobs through acmeq's lean path."""
-
-    _main_interrupt: tuple[type[BaseException], str] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def run(self) -> WorkerExit:
@@ -118,11 +115,6 @@ class AcmeqWorker(RecordingWorker):
     def handle_payload(self, message: Any) -> None:  # RQ's pub/sub callback
         commands.handle(self, message)
 
-    def request_stop_graceful(self) -> None:
-        if self.stop_mode == StopMode.NONE:
-            self.stop_mode = StopMode.GRACEFUL
-        self._stop.set()
-
     def _install_signals(self) -> None:
         def on_term(signum: int, frame: FrameType | None) -> None:
             if self._stop.is_set() or signum == signal.SIGINT:
@@ -144,15 +136,6 @@ class AcmeqWorker(RecordingWorker):
     def _main_running(self) -> list[Running]:
         main = threading.main_thread().ident
         return [r for r in self.running() if r.thread_id == main]
-
-    def interrupt(self, item: Running, exc: type[BaseException], message: str = "") -> None:
-        """Raise ``exc`` inside a running job (its thread; the main thread through SIGUSR1,
-        which also breaks a blocking sleep)."""
-        if item.thread_id == threading.main_thread().ident:
-            self._main_interrupt = (exc, message or exc.__name__)
-            os.kill(os.getpid(), signal.SIGUSR1)
-        else:
-            raise_in_thread(item.thread_id, exc)
 
     def _interrupt_all(self) -> None:
         # Threads get an asynchronous exception; the main thread gets it from this handler's
@@ -196,20 +179,6 @@ class AcmeqWorker(RecordingWorker):
     def _release(self) -> None:
         with self._lock:
             self.jobs_taken -= 1
-
-    def redis_retry(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` until Redis answers (recording a job's outcome must not be lost to a
-        short outage); gives up only on a fast stop."""
-        while True:
-            try:
-                result = fn()
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                if self.fast_stop:
-                    raise
-                self.outage.wait(exc, interruptible=False)
-                continue
-            self.outage.ok()
-            return result
 
     # -- the serving loop ----------------------------------------------------------------------
     def _serve(self) -> None:
@@ -381,17 +350,6 @@ class AcmeqWorker(RecordingWorker):
             return self._handled(item, ok, "")
         return {"outcome": Outcome.OK, "value": value}
 
-    def _handled(self, item: Running, ok: bool, exc_string: str) -> dict[str, Any]:
-        job = item.job
-        return {
-            "outcome": Outcome.HANDLED,
-            "recorded": True,
-            "ok": ok,
-            "exc": exc_string,
-            "runtime": runtime_of(job),
-            "status": _status_text(job.get_status(refresh=False)),
-        }
-
     def _classify(self, job: AcmeqJob, exc: BaseException) -> Outcome:
         if isinstance(exc, StopJobRequested) or job.id in self._stop_job_ids:
             return Outcome.STOPPED
@@ -454,10 +412,6 @@ class AcmeqWorker(RecordingWorker):
         job = item.job
         wait = item.started_ts - job.enqueued_at.timestamp() if job.enqueued_at else 0.0
         self.metrics.record(time.time(), self.opts.queue, job_name_of(job), runtime, wait)
-
-
-def _status_text(status: JobStatus | None) -> str:
-    return status.value if isinstance(status, JobStatus) else str(status or "")
 
 
 def job_name_of(job: AcmeqJob) -> str:

@@ -28,7 +28,7 @@ from rq.utils import now as rq_now
 from acmeq import keys
 from acmeq.ops import failure_log as failures
 from acmeq.queues import AcmeqJob
-from acmeq.worker.base import WorkerBase
+from acmeq.worker.base import Running, WorkerBase
 from acmeq.worker.hooks import cancel_requested, end_progress, job_name
 from acmeq.worker.states import Outcome
 
@@ -44,6 +44,10 @@ STOPPED_MESSAGE = "Job stopped by user, work-horse terminated."  # RQ's own
 
 class RecordingWorker(WorkerBase):
     """The outcome-recording half of the worker."""
+
+    def execute(self, item: Running) -> dict[str, Any]:
+        """Run a job and record anything but a plain success (acmeq.worker.process)."""
+        raise NotImplementedError
 
     # -- successes that need RQ (callbacks, webhooks, dependents, Retry, repeats) -------------
     def record_success_rq(self, job: AcmeqJob, execution: Execution, value: Any) -> bool:
@@ -144,6 +148,17 @@ class RecordingWorker(WorkerBase):
                 log.warning("job %s: failure not reported: %s", job.id, exc)
         self._force_stop.discard(job.id)
 
+    def _handled(self, item: Running, ok: bool, exc_string: str) -> dict[str, Any]:
+        job = item.job
+        return {
+            "outcome": Outcome.HANDLED,
+            "recorded": True,
+            "ok": ok,
+            "exc": exc_string,
+            "runtime": runtime_of(job),
+            "status": _status_text(job.get_status(refresh=False)),
+        }
+
     def idle_if_free(self) -> None:
         """RQ's ``set_state(IDLE)`` after a job, when no other job of this process runs."""
         with self._lock:
@@ -176,6 +191,10 @@ class RecordingWorker(WorkerBase):
             pipe.hincrby(self.key, "failed_job_count", 1)
             pipe.execute()
         self.metrics.record(time.time(), self.opts.queue, "?", 0.0, ok=False)
+
+
+def _status_text(status: JobStatus | None) -> str:
+    return status.value if isinstance(status, JobStatus) else str(status or "")
 
 
 def runtime_of(job: AcmeqJob) -> float:

@@ -31,7 +31,7 @@ from acmeq.worker.recording import runtime_of
 from acmeq.worker.states import ExecutionModel, Outcome
 
 if TYPE_CHECKING:
-    from acmeq.worker.process import AcmeqWorker
+    from acmeq.worker.recording import RecordingWorker
 
 log = logging.getLogger("acmeq.worker")
 
@@ -52,7 +52,7 @@ def timeout_message(timeout: int) -> str:
 class Watchdog:
     """Runs in its own daemon thread until the worker stops with nothing running."""
 
-    def __init__(self, worker: AcmeqWorker) -> None:
+    def __init__(self, worker: RecordingWorker) -> None:
         self.w = worker
         self.thread = threading.Thread(target=self.run, name="acmeq-watchdog", daemon=True)
         self._over_since = 0.0  # monotonic: RSS first seen past the hard limit
