@@ -20,6 +20,7 @@ from acmeq.commands import backup as backup_cmd
 from acmeq.commands import cleanup as cleanup_cmd
 from acmeq.commands import config as config_cmd
 from acmeq.commands import db as db_cmd
+from acmeq.commands import dashboard as dashboard_cmd
 from acmeq.commands import demo as demo_cmd
 from acmeq.commands import deploy as deploy_cmd
 from acmeq.commands import doctor as doctor_cmd
@@ -72,6 +73,9 @@ app.add_typer(report_cmd.app, name="report")
 app.add_typer(mail_cmd.app, name="mail")
 app.add_typer(schedule_cmd.app, name="schedule")
 app.add_typer(deploy_cmd.app, name="deploy")
+app.command(name="dashboard", help="Serve rq-dashboard for acmeq's Redis (read-only).")(
+    dashboard_cmd.dashboard
+)
 app.command(name="doctor", help="Check Redis, database, masters and secrets for production.")(
     doctor_cmd.doctor
 )
