@@ -278,8 +278,9 @@ def main() -> None:
     shutil.rmtree(state, ignore_errors=True)
     env = dict(os.environ, REDIS_URL=url, ACMEQ_STATE_DIR=str(state), ACMEQ_CONFIG="")
     env.pop("DATABASE_URL", None)
-    (workdir / "acmeq.toml").write_text(f"[exports]\npdf_max_rows = {max(args.pdf_rows, 1)}\n")
-    env["ACMEQ_CONFIG"] = str(workdir / "acmeq.toml")
+    config = workdir / f"acmeq-{os.getpid()}.toml"
+    config.write_text(f"[exports]\npdf_max_rows = {max(args.pdf_rows, 1)}\n")
+    env["ACMEQ_CONFIG"] = str(config)
     lxml_env = dict(env, PYTHONPATH=args.lxml) if args.lxml else None
     plan: list[tuple[str, Path, int, dict[str, str]]] = [
         ("csv bare", big, args.rows, env),
