@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import socket
 import subprocess
 import threading
@@ -547,3 +548,47 @@ def test_receiver_and_progress_stream_together_and_the_demo_lines(
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine")
+@pytest.mark.parametrize("mode", ["ws", "sse"])
+def test_example_page_in_a_real_browser(srv: Server, mode: str) -> None:
+    rec = srv.record("job-p", uid(srv, "alice"), processed=30)
+    page = f"{srv.base}/progress-example?job=job-p&token={srv.tokens['alice']}&mode={mode}"
+
+    def later() -> None:
+        time.sleep(4)
+        state = srv.advance(rec, processed=60)
+        time.sleep(0.5)
+        srv.advance(state, processed=100, status=JobStatus.COMPLETED, message="all rows")
+
+    publisher = threading.Thread(target=later, daemon=True)
+    if mode == "sse":  # live updates while the page is open (an open request holds the dump)
+        publisher.start()
+    else:  # headless --dump-dom does not wait for a WebSocket: a late join on a finished job
+        later()
+    assert CHROMIUM is not None
+    dom = subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={Path.cwd() / f'chromium-{mode}'}",
+            "--virtual-time-budget=30000",
+            "--dump-dom",
+            page,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    ).stdout
+    if publisher.is_alive():
+        publisher.join(timeout=30)
+    assert 'data-status="completed"' in dom, dom[-2000:]
+    assert "width: 100%" in dom and "all rows" in dom
