@@ -24,6 +24,8 @@ from datetime import datetime
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from acmeq import keys
@@ -127,6 +129,9 @@ def client_factory(sync: redis.Redis) -> Callable[[], aioredis.Redis]:
         "username": kw.get("username"),
         "password": kw.get("password"),
         "socket_connect_timeout": 2.0,
+        # No silent reconnects inside redis-py: the hub must see every loss of the connection,
+        # as its clients need a fresh snapshot for what was published meanwhile.
+        "retry": Retry(NoBackoff(), 0),
     }
     if kw.get("path"):
         return lambda: aioredis.Redis(unix_socket_path=kw["path"], **common)
