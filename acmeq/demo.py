@@ -139,7 +139,7 @@ def run_demo(
 
     from acmeq.exports.demo import export_demo
 
-    unfinished += export_demo(cfg, out, "7. Exports")
+    unfinished += export_demo(cfg, out, "7. Exports", child_env(cfg))
 
     from acmeq.mail.demo import mail_demo
 

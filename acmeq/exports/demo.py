@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from acmeq.config.settings import Settings
@@ -22,13 +22,12 @@ class Output(Protocol):  # the part of acmeq.demo.DemoOutput this step uses
     def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None: ...
 
 
-def export_demo(cfg: Settings, out: Output, title: str = "Exports") -> int:
-    """Run the two exports through a worker on ``exports``; return how many did not complete."""
-    from acmeq.demo import child_env
+def export_demo(cfg: Settings, out: Output, title: str, env: Mapping[str, str]) -> int:
+    """Run the two exports through a worker on ``exports`` (started with ``env``, the demo's
+    private Redis and database); return how many did not complete."""
     from acmeq.worker.process import WorkerOptions
 
     out.step(f"{title}: acmeq export (queued on a worker, with live progress)")
-    env = child_env(cfg)
     opts = WorkerOptions(queue="exports", mode="fork", name="demo-exports", log_level="WARNING")
     log = open(cfg.state_dir / "exports-worker.log", "wb")  # noqa: SIM115 - closed below
     worker = subprocess.Popen(
