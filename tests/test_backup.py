@@ -217,8 +217,10 @@ def test_cli_create_list_verify_restore(
     done = runner.invoke(app, ["backup", "create", "--json"])
     assert done.exit_code == 0, done.output
     name = json.loads(done.output)["created"][0]["name"]
-    listed = runner.invoke(app, ["backup", "list"])
-    assert name in listed.output and "database" in listed.output
+    listed = runner.invoke(app, ["backup", "list", "--json"])
+    assert [(b["name"], b["kind"]) for b in json.loads(listed.output)["backups"]] == [
+        (name, "database")
+    ]
     verified = runner.invoke(app, ["backup", "verify", name[:12]])
     assert verified.exit_code == 0 and "OK" in verified.output, verified.output
 
