@@ -45,7 +45,9 @@ the CLI maps it to, so the CLI needs no per-command error handling::
     ├── UnavailableError                    the event cannot be checked now (no secret, PayPal): 503
     ├── StoreUnavailable                    the receiver cannot hand an event over (SQL, Redis): 503
     ├── RefundInFlight                      a refund of the donation is still pending: retried
-    └── PermanentEventError                 a provider event can never be processed: marked failed
+    ├── PermanentEventError                 a provider event can never be processed: marked failed
+    ├── TokenError                          a progress-stream token is missing, bad or expired: 401
+    └── Denied                              a progress-stream request is refused (its status code)
 
 Messages are written to be printed as they are: one line naming the bad value. The
 ``JobInterrupt`` classes are not errors of the user's making: the worker and the progress
@@ -297,3 +299,16 @@ class RefundInFlight(Exception):
 
 class PermanentEventError(Exception):
     """The event can never be processed as it is: it is marked failed, not retried."""
+
+
+class TokenError(Exception):
+    """A token that is missing, malformed, badly signed or expired (answered with 401)."""
+
+
+class Denied(Exception):
+    """A progress-stream request refused with an HTTP ``status`` and a ``reason``."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason

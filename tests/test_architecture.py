@@ -240,3 +240,23 @@ def test_redis_keys_are_spelt_only_in_keys_py() -> None:
             if re.match(r"(rq|acmeq):[a-z{]", node.value):
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}")
     assert not found, "spell these through acmeq/keys.py: " + "; ".join(found)
+
+
+def test_every_exception_class_is_defined_in_errors_py() -> None:
+    # A module-private exception (``_Reconnect``) that never leaves its module may stay there.
+    from acmeq import errors
+
+    known = {n for n, v in vars(errors).items() if isinstance(v, type) and issubclass(v, Exception)}
+    known |= {"Exception", "BaseException"}
+    found = []
+    for name, path in _modules().items():
+        if name == "acmeq.errors":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ClassDef) or node.name.startswith("_"):
+                continue
+            if {ast.unparse(b).rsplit(".", 1)[-1] for b in node.bases} & known:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert not found, "define these in acmeq/errors.py (and draw them in its tree): " + "; ".join(
+        found
+    )

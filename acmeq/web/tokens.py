@@ -23,13 +23,10 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
 
+from acmeq.errors import TokenError as TokenError
 from acmeq.errors import UsageError
 
 VERSION = "v1"
-
-
-class TokenError(Exception):
-    """A token that is missing, malformed, badly signed or expired (answered with 401)."""
 
 
 @dataclass(frozen=True)

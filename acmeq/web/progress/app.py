@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from acmeq.config.settings import Settings
+from acmeq.errors import Denied as Denied
 from acmeq.errors import ProgressNotFoundError, UsageError
 from acmeq.storage import sql
 from acmeq.storage.redis_client import connect
@@ -30,13 +31,6 @@ from acmeq.web.progress.stream import Outcome, Stream
 log = logging.getLogger("acmeq.web.progress")
 
 MAX_JOBS_PER_SOCKET = 100
-
-
-class Denied(Exception):
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
 
 
 class ProgressService:
