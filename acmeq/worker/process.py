@@ -56,7 +56,7 @@ from acmeq.worker.options import WorkerOptions
 from acmeq.worker.osutil import format_exc, raise_in_thread, set_parent_death_signal
 from acmeq.worker.recording import RecordingWorker
 from acmeq.worker.states import ExecutionModel, Outcome, Reply, StopMode
-from acmeq.worker.watchdog import Watchdog
+from acmeq.worker.watchdog import Watchdog, timeout_message
 
 __all__ = ["AcmeqWorker", "WorkerOptions", "main"]
 
@@ -345,6 +345,17 @@ class AcmeqWorker(RecordingWorker):
             item.performing = False
         if not self.claim(item):
             return {"outcome": Outcome.HANDLED, "recorded": False}  # failed by the watchdog
+        if (
+            self.mode == ExecutionModel.THREADS
+            and item.deadline
+            and time.monotonic() > item.deadline
+        ):
+            # Past its deadline before the watchdog noticed (a starved watchdog): still a timeout.
+            message = f"rq.timeouts.JobTimeoutException: {timeout_message(item.timeout)}"
+            exc_string = self.redis_retry(
+                lambda: self.record_failure_string(job, item.execution, message, Outcome.TIMEOUT)
+            )
+            return self._handled(item, False, exc_string)
         if isinstance(value, Retry) or item.slow:
             ok = self.redis_retry(lambda: self.record_success_rq(job, item.execution, value))
             return self._handled(item, ok, "")
