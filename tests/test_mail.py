@@ -403,7 +403,7 @@ def test_confirmation_numbers_are_unique_and_readable() -> None:
 # -- 3. a refusing server: retries with the queue's backoff, then a failed-email record ----------
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(240)  # ~40 s alone; a master start under a loaded full suite takes long
 def test_a_refused_mail_is_retried_with_backoff_then_recorded_and_can_be_resent(
     mail_env: Path,
     refusing_smtp: Smtp,
