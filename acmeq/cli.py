@@ -19,8 +19,8 @@ from acmeq.commands import alerts as alerts_cmd
 from acmeq.commands import backup as backup_cmd
 from acmeq.commands import cleanup as cleanup_cmd
 from acmeq.commands import config as config_cmd
-from acmeq.commands import db as db_cmd
 from acmeq.commands import dashboard as dashboard_cmd
+from acmeq.commands import db as db_cmd
 from acmeq.commands import demo as demo_cmd
 from acmeq.commands import deploy as deploy_cmd
 from acmeq.commands import doctor as doctor_cmd
