@@ -252,6 +252,7 @@ def _failed(client: redis.Redis, job_id: str) -> None:
     )
 
 
+@pytest.mark.timeout(240)  # a dozen CLI processes: minutes on a loaded machine
 def test_ids_are_never_cut_and_unique_prefixes_name_a_job(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     # Given three jobs, two of whose ids share their first 8 characters
@@ -288,6 +289,7 @@ def test_ids_are_never_cut_and_unique_prefixes_name_a_job(redis_url: str) -> Non
     assert run_cli("job", "show", other[:5]).returncode == 1
 
 
+@pytest.mark.timeout(240)  # a dozen CLI processes: minutes on a loaded machine
 def test_job_cancel_by_prefix_and_of_an_unknown_job(redis_url: str) -> None:
     assert run_cli("db", "upgrade").returncode == 0
     job_id = json.loads(run_cli("enqueue", "ping", "--json").stdout)["id"]
@@ -386,6 +388,7 @@ def test_a_group_without_a_subcommand_prints_its_help_once() -> None:
         assert result.stdout.count("Usage:") == 1, (args, result.stdout)
 
 
+@pytest.mark.timeout(240)  # a dozen CLI processes: minutes on a loaded machine
 def test_at_in_the_past_is_refused_and_a_naive_time_is_local(redis_url: str) -> None:
     past = run_cli("enqueue", "ping", "--at", "2020-01-01T09:00:00Z")
     assert past.returncode == 2
@@ -509,6 +512,7 @@ def _readme_python_blocks() -> list[str]:
     return [block.split("```", 1)[0] for block in text.split("```python\n")[1:]]
 
 
+@pytest.mark.timeout(240)  # a dozen CLI processes: minutes on a loaded machine
 def test_the_readme_python_example_works_as_written(redis_url: str, tmp_path: Path) -> None:
     # Given the README's two Python blocks written where their first lines say
     jobs, signup = _readme_python_blocks()[:2]
