@@ -73,10 +73,49 @@ def run_demo(
     keep_redis: bool = False,
 ) -> int:
     """Run every demo step; return the number of jobs that did not finish."""
+    from acmeq.exports.demo import export_demo
+    from acmeq.mail.demo import mail_demo
+    from acmeq.maintenance.demo import cleanup_dry_run
+    from acmeq.payments.demo import payment_demo
+
+    cfg = demo_settings(settings)
+    engine = _database_step(cfg, out, campaigns, donations)
+    out.step("2. Redis: the embedded server")
+    server = EmbeddedRedis(cfg.state_dir)
+    started_here = not server.status().running
+    client = connect_checked(cfg)
+    info = server_info(client)
+    out.line(
+        f"redis-server {info['version']} at {describe(cfg)}, AOF "
+        f"{'on' if info['aof_enabled'] else 'off'}"
+    )
+    ids = _enqueue_step(cfg, out, client)
+    _workers_step(cfg, out, client)
+    unfinished = _results_step(cfg, out, client, engine, ids)
+    # The feature steps run their jobs on workers of their own and say what they showed.
+    unfinished += export_demo(cfg, out, "6. Exports", child_env(cfg))
+    unfinished += mail_demo(cfg, out, "7. Mail and schedules", child_env(cfg), _cli)
+    unfinished += payment_demo(cfg, out, "8. Payments: a signed webhook", child_env(cfg), _cli)
+    # Last, so that it sees everything the demo made (issue #14: the demo ends with it).
+    cleanup_dry_run(cfg, out, "9. Maintenance")
+
+    out.step("10. Stop")
+    client.close()
+    if started_here and not keep_redis:
+        server.stop()
+        out.line("stopped the embedded redis-server; demo data stays in " + str(cfg.state_dir))
+    else:
+        out.line(
+            "left the embedded redis-server running (it was already running or "
+            "--keep-redis was given)"
+        )
+    return unfinished
+
+
+def _database_step(cfg: Settings, out: DemoOutput, campaigns: int, donations: int) -> Any:
     from acmeq.storage import seed
     from acmeq.storage import sql as db
 
-    cfg = demo_settings(settings)
     out.step("1. Database: migrations and demo data")
     engine = db.engine_for(cfg)
     db.upgrade(engine)
@@ -90,17 +129,10 @@ def run_demo(
             f"seeded {result.companies} companies, {result.users} users, {result.campaigns} "
             f"campaigns and {result.donations:,} donations in {result.seconds:.1f} s"
         )
+    return engine
 
-    out.step("2. Redis: the embedded server")
-    server = EmbeddedRedis(cfg.state_dir)
-    started_here = not server.status().running
-    client = connect_checked(cfg)
-    info = server_info(client)
-    out.line(
-        f"redis-server {info['version']} at {describe(cfg)}, AOF "
-        f"{'on' if info['aof_enabled'] else 'off'}"
-    )
 
+def _enqueue_step(cfg: Settings, out: DemoOutput, client: Any) -> list[str]:
     out.step("3. Enqueue: every job acmeq has so far")
     enqueuer = Enqueuer(cfg, client)
     ids = enqueuer.enqueue_many(JobCall("ping", (f"demo-{i}",)) for i in range(PINGS))
@@ -110,7 +142,10 @@ def run_demo(
         "1 x recalculate_campaign_totals"
     )
     _queue_table(out, cfg, client, "queues after enqueue")
+    return ids
 
+
+def _workers_step(cfg: Settings, out: DemoOutput, client: Any) -> None:
     out.step("4. Workers: a supervised, autoscaled pool (profile development, burst)")
     out.line(
         "the master starts with no workers (min 0 per queue) and gives processes to the "
@@ -124,6 +159,8 @@ def run_demo(
         f"exited with code {code}"
     )
 
+
+def _results_step(cfg: Settings, out: DemoOutput, client: Any, engine: Any, ids: list[str]) -> int:
     out.step("5. Results")
     unfinished = _results_table(out, client, ids)
     _campaign_table(out, engine)
@@ -132,33 +169,6 @@ def run_demo(
     out.line(_cli(cfg, "progress", "list"))
     out.line("what ops see (acmeq status):")
     out.line(_cli(cfg, "status"))
-
-    from acmeq.maintenance.demo import cleanup_dry_run
-
-    cleanup_dry_run(cfg, out, "6. Maintenance")
-
-    from acmeq.exports.demo import export_demo
-
-    unfinished += export_demo(cfg, out, "7. Exports", child_env(cfg))
-
-    from acmeq.mail.demo import mail_demo
-
-    unfinished += mail_demo(cfg, out, "8. Mail and schedules", child_env(cfg), _cli)
-
-    from acmeq.payments.demo import payment_demo
-
-    unfinished += payment_demo(cfg, out, "9. Payments: a signed webhook", child_env(cfg), _cli)
-
-    out.step("10. Stop")
-    client.close()
-    if started_here and not keep_redis:
-        server.stop()
-        out.line("stopped the embedded redis-server; demo data stays in " + str(cfg.state_dir))
-    else:
-        out.line(
-            "left the embedded redis-server running (it was already running or "
-            "--keep-redis was given)"
-        )
     return unfinished
 
 
