@@ -418,7 +418,9 @@ def _publish_master(client: redis.Redis, name: str, alive: bool, started_ago: fl
             "supervisors": [],
         },
     )
-    if not alive:
+    if alive:  # a heartbeat that outlives a slow CLI start on a loaded machine
+        client.persist(f"acmeq:master:{name}")
+    else:
         client.delete(f"acmeq:master:{name}")
 
 
