@@ -28,7 +28,7 @@ from conftest import RedisServer, free_port
 # Commands that serve or supervise until stopped: with a working Redis they would run forever,
 # so they meet only the broken-Redis cases. `demo` runs the whole product on its own embedded
 # Redis and SQLite (whatever is configured), for minutes: tests/test_demo.py covers it.
-DAEMONS = {"worker start", "metrics serve", "webhook serve"}
+DAEMONS = {"worker start", "metrics serve", "webhook serve", "dashboard"}
 SKIPPED = {"demo"}
 LIMIT_S = 45.0  # per command, on a loaded machine; a healthy one answers in well under 5 s
 PARALLEL = 4

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from acmeq.commands.common import settings
+from acmeq.commands.common import err_console, settings
 from acmeq.commands.render import emit_json, show, table
 from acmeq.constants import ExitCode
 
@@ -38,7 +38,13 @@ def doctor(
             style="bold red" if failures else "green",
         )
         show(rows, verdict)
-    if report.redis_unreachable:
-        sys.exit(int(ExitCode.UNREACHABLE))
-    if report.failed:
-        sys.exit(int(ExitCode.FAILED))
+    failed = [c.name for c in report.checks if c.status == "fail"]
+    if report.redis_unreachable or report.failed:
+        # The table (or JSON) is the report; stderr gets the one line scripts and cron mail see.
+        err_console.print(
+            f"acmeq: error: doctor: {len(failed)} check(s) failed: {', '.join(failed) or 'redis'}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(int(ExitCode.UNREACHABLE if report.redis_unreachable else ExitCode.FAILED))
