@@ -357,6 +357,23 @@ def test_histograms_stay_monotonic_while_minute_buckets_are_folded_and_expire(
     assert count(NOW + 900) == 10
 
 
+def test_the_metrics_snapshot_job_keeps_counting_when_nothing_scrapes(
+    redis_client: redis.Redis, job_modules: str, tmp_path: Path
+) -> None:
+    # Given the scheduled job ran once (counting starts there) and 7 runs finished a minute later
+    now = time.time()
+    enqueuer = Enqueuer(Settings.load(), redis_client)
+    first = enqueuer.enqueue("metrics_snapshot", now)
+    _write_minute(redis_client, now + 60, "payments", 7, 10)
+    # When it runs again 400 s later on a real maintenance worker, with no scrape in between
+    second = enqueuer.enqueue("metrics_snapshot", now + 400)
+    run_burst_workers(["maintenance"], tmp_path)
+    # Then the finished minute is folded into the cumulative counters /metrics serves
+    assert first.latest_result().return_value == {}
+    assert second.latest_result().return_value == {"payments": 7}
+    assert redis_client.hget(keys.METRICS_CUMULATIVE, "payments|rt|10") == b"7"
+
+
 def test_a_busy_port_is_a_one_line_usage_error(redis_url: str) -> None:
     import socket
 

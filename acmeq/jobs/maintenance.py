@@ -139,3 +139,30 @@ def backup_database(redis: bool = False, prune: bool = True) -> dict[str, Any]:
     from acmeq.maintenance.backup import create_backup
 
     return create_backup(process_settings(), redis_data=redis, prune=prune).as_dict()
+
+
+@job(queue="maintenance")
+def metrics_snapshot(now: float | None = None) -> dict[str, int]:
+    """Fold the finished metric minutes into the cumulative counters that ``/metrics`` serves.
+
+    A Prometheus scrape folds too, but counting starts at the first fold and a minute bucket
+    expires after the minute retention (a day by default): run by the ``metrics_snapshot``
+    schedule (every 5 minutes), this keeps the cumulative counters complete when nothing
+    scrapes. Returns the runs counted so far per queue. ``now`` is for tests (Redis' clock
+    otherwise).
+    """
+    from rq import get_current_job
+
+    from acmeq.config.settings import process_settings
+    from acmeq.observability.prometheus import cumulative
+    from acmeq.storage.redis_client import connect
+
+    settings = process_settings()
+    current = get_current_job()
+    connection = current.connection if current is not None else connect(settings)
+    runs: dict[str, int] = {}
+    for name, value in cumulative(settings, connection, now).items():
+        queue, _, rest = name.partition("|")
+        if rest.startswith("rt|"):  # the runtime histogram counts every finished run once
+            runs[queue] = runs.get(queue, 0) + int(value)
+    return runs
