@@ -12,7 +12,8 @@ import redis
 from acmeq import keys
 from acmeq.observability import probe
 
-QUEUES = ["payments", "exports", "bulk"]
+# Queue names no worker of another test in this pytest process could still be serving.
+QUEUES = ["probe-payments", "probe-exports", "probe-bulk"]
 
 
 def _stamp(seconds_ago: float) -> str:
@@ -35,14 +36,16 @@ def test_one_round_trip_reads_counts_age_pauses_workers_and_counters(
     # Given payments with 3 ready jobs, the oldest 120 s old, one of each registry entry, and a
     # busy, an idle and a dead worker; exports paused; cumulative counters on bulk
     redis_client.hset(keys.job("j1"), "enqueued_at", _stamp(120))
-    redis_client.rpush(keys.queue("payments"), "j1", "j2", "j3")
+    redis_client.rpush(keys.queue("probe-payments"), "j1", "j2", "j3")
     for kind in ("scheduled", "wip", "deferred", "failed", "finished"):
-        redis_client.zadd(keys.registry(kind, "payments"), {f"{kind}-1": 1.0})
-    _worker(redis_client, "w-busy", "payments", "busy")
-    _worker(redis_client, "w-idle", "payments", None)
-    _worker(redis_client, "w-dead", "payments", "busy", dead=True)
-    redis_client.set(keys.paused_queue("exports"), "1")
-    redis_client.hset(keys.stats("bulk"), mapping={"processed": 7, "failed": 2, "runtime": 3.5})
+        redis_client.zadd(keys.registry(kind, "probe-payments"), {f"{kind}-1": 1.0})
+    _worker(redis_client, "w-busy", "probe-payments", "busy")
+    _worker(redis_client, "w-idle", "probe-payments", None)
+    _worker(redis_client, "w-dead", "probe-payments", "busy", dead=True)
+    redis_client.set(keys.paused_queue("probe-exports"), "1")
+    redis_client.hset(
+        keys.stats("probe-bulk"), mapping={"processed": 7, "failed": 2, "runtime": 3.5}
+    )
     trips: list[int] = []
     real = redis.client.Pipeline.execute
 
